@@ -1,0 +1,27 @@
+"""gputime: how much GPU time each service's tasks really used.
+
+Wrap job functions or blocks with :func:`gpu_task`; read per-service figures
+with :func:`stats`; spans and metrics go through OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+from gputime._backends import BackendUnavailable
+from gputime._default import configure, get_tracker, reset, stats
+from gputime._ledger import ServiceStats
+from gputime._task import gpu_task
+from gputime._tracker import TaskHandle, Tracker
+from gputime._version import __version__
+
+__all__ = [
+    "BackendUnavailable",
+    "ServiceStats",
+    "TaskHandle",
+    "Tracker",
+    "__version__",
+    "configure",
+    "get_tracker",
+    "gpu_task",
+    "reset",
+    "stats",
+]

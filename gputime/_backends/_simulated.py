@@ -1,0 +1,263 @@
+"""A simulated GPU that models the NVIDIA driver's utilisation sampling.
+
+Sample ``k`` of a device has timestamp ``k * sample_period`` on the clock and
+carries the time-weighted mean of the utilisation that was set over
+``((k-1)·P, k·P]``, rounded to the nearest integer percent, halves up. It is
+visible once the clock reaches its timestamp. That is the model the NVML
+backend sees from the real driver, so every figure gputime computes on it can
+be checked exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from gputime._backends._base import (
+    Attribution,
+    Clock,
+    DeviceInfo,
+    DeviceSelector,
+    Reading,
+    Sample,
+)
+
+# Float sums of k·P drift by a few ulps; anything closer than this to an integer
+# (sample index or percent half) is treated as exactly on it.
+_EPS = 1e-9
+
+
+class SimulatedReadError(RuntimeError):
+    """The failure :meth:`SimulatedGpu.fail_reads` injects."""
+
+
+class _Timeline:
+    """Utilisation of one simulated device as a step function of time."""
+
+    __slots__ = ("times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[float] = [-math.inf]
+        self.values: list[float] = [0.0]
+
+    def set(self, at: float, percent: float) -> None:
+        if at <= self.times[-1]:
+            # Several changes at one instant: the last one wins.
+            while len(self.times) > 1 and self.times[-1] >= at:
+                self.times.pop()
+                self.values.pop()
+        self.times.append(at)
+        self.values.append(percent)
+
+    def mean(self, start: float, end: float) -> float:
+        """Time-weighted mean over ``(start, end]``."""
+        i = bisect_right(self.times, start) - 1
+        total = 0.0
+        cursor = start
+        while cursor < end:
+            nxt = self.times[i + 1] if i + 1 < len(self.times) else math.inf
+            stop = min(nxt, end)
+            total += self.values[i] * (stop - cursor)
+            cursor = stop
+            i += 1
+        return total / (end - start)
+
+    def forget_before(self, at: float) -> None:
+        """Drop changes older than the one in effect at ``at``."""
+        i = bisect_right(self.times, at) - 1
+        if i > 0:
+            self.times = [-math.inf, *self.times[i + 1 :]]
+            self.values = self.values[i:]
+
+
+class SimulatedGpu:
+    """A backend modelling the driver's sample buffer, for tests and demos.
+
+    Args:
+        devices: Number of simulated devices.
+        sample_period: The driver's sample period ``P`` in seconds.
+        clock: Monotonic seconds; ``None`` uses the same default clock as
+            :class:`~gputime.Tracker` (``time.monotonic``).
+        buffer_samples: How many samples the driver keeps per device, like the
+            real driver's ring buffer; older samples are lost and a reader that
+            fell further behind sees the lost stretch as missing.
+
+    Raises:
+        ValueError: ``devices`` is not a positive integer, or ``sample_period``
+            or ``buffer_samples`` is not positive.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        devices: int = 1,
+        *,
+        sample_period: float = 1 / 6,
+        clock: Clock | None = None,
+        buffer_samples: int = 600,
+    ) -> None:
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise ValueError(f"devices={devices!r}: must be a positive integer")
+        if not _is_positive(sample_period):
+            raise ValueError(f"sample_period={sample_period!r}: must be a finite number > 0")
+        if (
+            isinstance(buffer_samples, bool)
+            or not isinstance(buffer_samples, int)
+            or buffer_samples < 1
+        ):
+            raise ValueError(f"buffer_samples={buffer_samples!r}: must be a positive integer")
+        self.clock: Clock = clock if clock is not None else time.monotonic
+        self.sample_period = float(sample_period)
+        self.buffer_samples = buffer_samples
+        self._timelines = [_Timeline() for _ in range(devices)]
+        self._failures_left: int | None = 0
+        self._lock = threading.Lock()
+        #: Reads made so far (every call to a session's ``read``), for tests.
+        self.reads = 0
+
+    @property
+    def device_count(self) -> int:
+        """How many simulated devices there are."""
+        return len(self._timelines)
+
+    def set_utilization(self, percent: float, device: int = 0) -> None:
+        """Set ``device``'s utilisation from the clock's current time on.
+
+        Raises:
+            ValueError: ``percent`` is outside [0, 100] or ``device`` does not exist.
+        """
+        if not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+            raise ValueError(f"percent={percent!r}: must be a number in [0, 100]")
+        timeline = self._timeline(device)
+        with self._lock:
+            timeline.set(self.clock(), float(percent))
+
+    def fail_reads(self, times: int | None = None) -> None:
+        """Make the next ``times`` reads fail; every read while ``times`` is ``None``.
+
+        A read is one call that reads one device's samples. ``fail_reads(0)``
+        ends the failures.
+        """
+        if times is not None and (
+            isinstance(times, bool) or not isinstance(times, int) or times < 0
+        ):
+            raise ValueError(f"times={times!r}: must be None or an integer >= 0")
+        with self._lock:
+            self._failures_left = times
+
+    def sample(self, k: int, device: int = 0) -> int:
+        """The value of sample ``k`` of ``device`` (whether visible yet or not)."""
+        timeline = self._timeline(device)
+        period = self.sample_period
+        with self._lock:
+            mean = timeline.mean((k - 1) * period, k * period)
+        return math.floor(mean + 0.5 + _EPS)
+
+    def open(
+        self,
+        *,
+        clock: Clock,
+        devices: Sequence[DeviceSelector] | None,
+        attribution: Attribution,
+    ) -> _SimulatedSession:
+        if attribution == "process":
+            raise ValueError("attribution='process': the simulated GPU has no per-process samples")
+        if clock is not self.clock:
+            raise ValueError(
+                "clock: the tracker and the SimulatedGpu must share one clock "
+                "(pass the same clock to both, or give the tracker clock=None)"
+            )
+        indices = (
+            list(range(self.device_count))
+            if devices is None
+            else [self._resolve(selector) for selector in devices]
+        )
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"devices={list(devices or ())!r}: a device is named twice")
+        return _SimulatedSession(self, indices)
+
+    def _resolve(self, selector: DeviceSelector) -> int:
+        if isinstance(selector, bool):
+            raise ValueError(f"devices: {selector!r} is not a device index or id")
+        if isinstance(selector, int) and 0 <= selector < self.device_count:
+            return selector
+        if isinstance(selector, str):
+            for index in range(self.device_count):
+                if selector == _device_id(index):
+                    return index
+        raise ValueError(
+            f"devices: no simulated device {selector!r} "
+            f"(there are {self.device_count}: indices 0..{self.device_count - 1} "
+            f"or ids {_device_id(0)!r}...)"
+        )
+
+    def _timeline(self, device: int) -> _Timeline:
+        if (
+            isinstance(device, bool)
+            or not isinstance(device, int)
+            or not 0 <= device < self.device_count
+        ):
+            raise ValueError(f"device={device!r}: no such simulated device")
+        return self._timelines[device]
+
+    def _read(self, device: int, since: float) -> Reading:
+        period = self.sample_period
+        with self._lock:
+            self.reads += 1
+            if self._failures_left is None or self._failures_left > 0:
+                if self._failures_left is not None:
+                    self._failures_left -= 1
+                raise SimulatedReadError(f"simulated read failure on device {device}")
+            now = self.clock()
+            newest = math.floor(now / period + _EPS)
+            oldest_kept = max(1, newest - self.buffer_samples + 1)
+            first = math.floor(since / period + _EPS) + 1
+            samples: list[Sample] = []
+            if first < oldest_kept <= newest:
+                # The reader fell behind the ring buffer: that stretch is lost.
+                samples.append(((oldest_kept - 1) * period, None))
+                first = oldest_kept
+            timeline = self._timelines[device]
+            for k in range(first, newest + 1):
+                mean = timeline.mean((k - 1) * period, k * period)
+                samples.append((k * period, float(math.floor(mean + 0.5 + _EPS))))
+            timeline.forget_before((oldest_kept - 1) * period)
+        return Reading(utilization=samples)
+
+
+class _SimulatedSession:
+    def __init__(self, gpu: SimulatedGpu, indices: list[int]) -> None:
+        self._gpu = gpu
+        self._indices = indices
+        self.devices: Sequence[DeviceInfo] = tuple(
+            DeviceInfo(id=_device_id(i), name="Simulated GPU", index=i) for i in indices
+        )
+        self.measures_utilization = True
+        self.measures_energy = False
+        self.sample_period = gpu.sample_period
+
+    def read(self, device: int, since: float) -> Reading:
+        return self._gpu._read(self._indices[device], since)
+
+    def close(self) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        self._gpu._lock = threading.Lock()
+
+
+def _device_id(index: int) -> str:
+    return f"SIM-{index}"
+
+
+def _is_positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )

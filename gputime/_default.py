@@ -1,0 +1,65 @@
+"""The process-wide default tracker behind ``gpu_task(...)`` without ``tracker=``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, overload
+
+from gputime._ledger import ServiceStats
+from gputime._tracker import Tracker
+
+_lock = threading.Lock()
+_default: Tracker | None = None
+
+
+def configure(**tracker_kwargs: Any) -> Tracker:
+    """Replace the process-wide default tracker, closing the old one.
+
+    Takes the keyword arguments of :class:`~gputime.Tracker`. Tasks already
+    running finish on the tracker they started on.
+
+    Returns:
+        The new default tracker.
+    """
+    global _default
+    tracker = Tracker(**tracker_kwargs)
+    with _lock:
+        old, _default = _default, tracker
+    if old is not None:
+        old.close()
+    return tracker
+
+
+def get_tracker() -> Tracker:
+    """The process-wide default tracker, made with ``Tracker()`` on first use."""
+    tracker = _default
+    if tracker is not None:
+        return tracker
+    return _create_default()
+
+
+def _create_default() -> Tracker:
+    global _default
+    with _lock:
+        if _default is None:
+            _default = Tracker()
+        return _default
+
+
+@overload
+def stats() -> dict[str, ServiceStats]: ...
+
+
+@overload
+def stats(service: str) -> ServiceStats: ...
+
+
+def stats(service: str | None = None) -> dict[str, ServiceStats] | ServiceStats:
+    """The default tracker's per-service figures; see :meth:`Tracker.stats`."""
+    result: dict[str, ServiceStats] | ServiceStats = get_tracker().stats(service)
+    return result
+
+
+def reset(service: str | None = None) -> None:
+    """Zero the default tracker's figures for ``service`` (or all services)."""
+    get_tracker().reset(service)

@@ -1,0 +1,647 @@
+"""The ledger: per-service task counts, windows and GPU time, under one lock.
+
+Everything the sampler and the task-exit path learn from the backend flows into
+the ledger as timestamped samples, and everything users see (``stats()``, task
+handles, spans, metrics) is read out of it.
+
+The integration maths (see ``docs/design.md``): a driver sample with value ``v``
+covers a stretch ``(t0, t1]``. Each service keeps two piecewise-linear running
+totals over time, ``A(t)`` (time it was active) and ``W(t)`` (attribution
+weighted active time: ``W = A`` for ``device``; for ``split`` ``W`` grows at
+``1/N`` while ``N`` services are active). The sample credits the service
+``v * (W(t1) - W(t0))``, exact to the microsecond of the window edges, in
+O(log n). A task is credited the same way over its own window from the sample
+history kept while it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gputime._backends import Attribution, Reading
+
+Status = Literal["ok", "partial", "unavailable"]
+
+_STATUS_RANK: dict[Status, int] = {"ok": 0, "partial": 1, "unavailable": 2}
+
+#: Totals are kept as ``[busy_ms, util_ms, energy_mj]``.
+_BUSY, _UTIL, _ENERGY = 0, 1, 2
+
+# Window edges and sample ends come from float arithmetic; stretches shorter
+# than this are rounding noise, not missing data.
+_EPS = 1e-9
+
+# Histories and breakpoint lists are pruned when they reach this length, then
+# again at twice what was left: amortised O(1) per sample however long a task runs.
+_PRUNE_MIN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    """A snapshot of one service's figures since its last reset.
+
+    Attributes:
+        service: The service name.
+        task_count: Tasks that ended (returned, raised or were cancelled).
+        active_tasks: Tasks running now.
+        gpu_ms: GPU-busy milliseconds over the service window, summed over
+            tracked devices (two busy devices for one second make 2000).
+        gpu_util_ms: The same integral weighted by utilisation / 100.
+        energy_mj: Energy in millijoules, ``None`` where not measured.
+        status: ``"ok"``, ``"partial"`` or ``"unavailable"``, the worst since
+            the last reset.
+        coverage: Fraction of the service window (times devices) for which
+            readings arrived; 1.0 before any reading was needed.
+    """
+
+    service: str
+    task_count: int = 0
+    active_tasks: int = 0
+    gpu_ms: float = 0.0
+    gpu_util_ms: float = 0.0
+    energy_mj: float | None = None
+    status: Status = "ok"
+    coverage: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """GPU figures of one task: live while it runs, final once it ended."""
+
+    gpu_ms: float
+    gpu_util_ms: float
+    energy_mj: float | None
+    status: Status
+    coverage: float
+
+
+class _Channel:
+    """Ingest state of one device's stream of samples (utilisation or power).
+
+    ``horizon`` is the time up to which samples were credited: a sample ending
+    at or before it is never credited again, which is what lets the sampler
+    thread and task-exit reads on other threads read concurrently without
+    double counting. ``history`` keeps the credited samples a running task may
+    still need, as ``(start, end, value)``.
+    """
+
+    __slots__ = (
+        "history",
+        "history_ends",
+        "horizon",
+        "is_power",
+        "last_end",
+        "last_value",
+        "prune_at",
+    )
+
+    def __init__(self, is_power: bool) -> None:
+        self.is_power = is_power
+        self.horizon: float | None = None
+        self.last_end: float | None = None
+        self.last_value: float | None = None
+        self.history: list[tuple[float, float, float | None]] = []
+        self.history_ends: list[float] = []
+        self.prune_at = _PRUNE_MIN
+
+
+class _Service:
+    """One service's counts, totals and activity breakpoints.
+
+    The breakpoints are parallel lists: at ``bp_t[i]`` the totals were
+    ``bp_a[i]``, ``bp_w[i]`` and from there ``W`` grows at ``bp_rate[i]`` (and
+    ``A`` at 1 whenever that rate is above 0).
+    """
+
+    __slots__ = (
+        "active",
+        "bp_a",
+        "bp_rate",
+        "bp_t",
+        "bp_w",
+        "covered",
+        "floor",
+        "last_close",
+        "missing",
+        "name",
+        "prune_at",
+        "running",
+        "status",
+        "task_count",
+        "totals",
+    )
+
+    def __init__(self, name: str, status: Status) -> None:
+        self.name = name
+        self.active = 0
+        self.task_count = 0
+        self.running: set[TaskRecord] = set()
+        self.bp_t: list[float] = []
+        self.bp_a: list[float] = []
+        self.bp_w: list[float] = []
+        self.bp_rate: list[float] = []
+        self.floor = -math.inf
+        self.last_close = -math.inf
+        self.totals = [0.0, 0.0, 0.0]
+        self.covered = 0.0
+        self.missing = 0.0
+        self.status: Status = status
+        self.prune_at = _PRUNE_MIN
+
+    def at(self, t: float) -> tuple[float, float]:
+        """``(A(t), W(t))``."""
+        bp_t = self.bp_t
+        if not bp_t:
+            return 0.0, 0.0
+        i = bisect_right(bp_t, t) - 1
+        if i < 0:
+            return self.bp_a[0], self.bp_w[0]
+        rate = self.bp_rate[i]
+        if rate == 0.0:
+            return self.bp_a[i], self.bp_w[i]
+        dt = t - bp_t[i]
+        return self.bp_a[i] + dt, self.bp_w[i] + rate * dt
+
+    def set_rate(self, t: float, rate: float) -> None:
+        if self.bp_t and self.bp_t[-1] >= t:
+            # Same instant as the last change: only the rate from here on changes.
+            self.bp_rate[-1] = rate
+            return
+        a, w = self.at(t)
+        self.bp_t.append(t)
+        self.bp_a.append(a)
+        self.bp_w.append(w)
+        self.bp_rate.append(rate)
+
+    def forget_before(self, t: float) -> None:
+        """Drop breakpoints no query at or after ``t`` needs."""
+        i = bisect_right(self.bp_t, t) - 1
+        if i > 0:
+            del self.bp_t[:i], self.bp_a[:i], self.bp_w[:i], self.bp_rate[:i]
+
+    def worsen(self, status: Status) -> None:
+        if _STATUS_RANK[status] > _STATUS_RANK[self.status]:
+            self.status = status
+
+
+class TaskRecord:
+    """The ledger's side of one running or finished task."""
+
+    __slots__ = (
+        "concurrency",
+        "end",
+        "failed",
+        "figures",
+        "generation",
+        "service",
+        "start",
+    )
+
+    def __init__(self, service: _Service, start: float, concurrency: int, generation: int) -> None:
+        self.service = service
+        self.start = start
+        self.end: float | None = None
+        self.concurrency = concurrency
+        self.generation = generation
+        self.failed = False
+        self.figures: Figures | None = None
+
+
+#: A device read as the ledger receives it: a reading, or the exception it raised.
+ReadOutcome = Reading | BaseException
+
+
+class Ledger:
+    """Per-service counts, windows and GPU time for one tracker.
+
+    Args:
+        devices: Number of tracked devices (0 for the ``none`` backend).
+        measures_utilization: False when no GPU figure can exist
+            (every status then reads ``unavailable``).
+        measures_energy: True when readings carry power samples.
+        sample_period: The driver's sample period, in seconds.
+        attribution: ``"device"``, ``"split"`` or ``"process"`` (which the
+            ledger treats like ``"device"``: the backend already filtered).
+        threshold: Samples at or below this percent count as idle.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        devices: int,
+        measures_utilization: bool,
+        measures_energy: bool,
+        sample_period: float,
+        attribution: Attribution,
+        threshold: float,
+        clock: Callable[[], float],
+    ) -> None:
+        # The one lock. It guards every attribute below that is not marked
+        # immutable: the services and their counts, breakpoints and totals, the
+        # channels' horizons and histories, and the running-task records. No
+        # backend call and no user callback ever runs while it is held.
+        self._lock = threading.Lock()
+        # Immutable after construction.
+        self._clock = clock
+        self._device_count = devices
+        self._measures = measures_utilization
+        self._measures_energy = measures_energy
+        self._period = sample_period
+        self._split = attribution == "split"
+        self._threshold = threshold
+        self._base_status: Status = "ok" if measures_utilization else "unavailable"
+        # Guarded by the lock.
+        self._generation = 0
+        self._services: dict[str, _Service] = {}
+        self._active_services: list[_Service] = []
+        self._tracking: set[_Service] = set()
+        self._active_tasks = 0
+        self._last_close = -math.inf
+        self._settle_deadline: float | None = None
+        self._util = [_Channel(is_power=False) for _ in range(devices)]
+        self._power = [_Channel(is_power=True) for _ in range(devices if measures_energy else 0)]
+
+    # -- task lifecycle --------------------------------------------------------------
+
+    @property
+    def active_tasks(self) -> int:
+        """Running tasks over all services (a plain read: an int is atomic)."""
+        return self._active_tasks
+
+    @property
+    def settle_deadline(self) -> float | None:
+        """When the sampler should make its last read after the last task ended."""
+        return self._settle_deadline
+
+    def begin(self, service_name: str) -> tuple[TaskRecord, bool]:
+        """Open a task; returns its record and whether it is the first running task."""
+        with self._lock:
+            now = self._clock()
+            service = self._services.get(service_name)
+            if service is None:
+                service = self._services[service_name] = _Service(service_name, self._base_status)
+            first_overall = self._active_tasks == 0
+            if first_overall:
+                self._wake_channels(now)
+            self._active_tasks += 1
+            service.active += 1
+            if service.active == 1:
+                self._open_window(service, now)
+            record = TaskRecord(service, now, service.active, self._generation)
+            service.running.add(record)
+            return record, first_overall
+
+    def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome]) -> bool:
+        """Close a task after its exit read; returns whether no task runs any more.
+
+        Args:
+            record: What :meth:`begin` returned.
+            end: The clock when the task ended, taken before the exit read.
+            reads: One outcome per device, read after ``end``.
+        """
+        with self._lock:
+            if record.generation != self._generation or record.end is not None:
+                # Inherited across fork (the child starts empty), or ended twice.
+                return False
+            service = record.service
+            end = max(end, record.start, service.bp_t[-1] if service.bp_t else end)
+            self._ingest(reads)
+            record.end = end
+            record.figures = self._task_figures(record, end, reads)
+            service.running.discard(record)
+            service.task_count += 1
+            service.active -= 1
+            self._active_tasks -= 1
+            if service.active == 0:
+                self._close_window(service, end)
+            last = self._active_tasks == 0
+            if last:
+                self._last_close = end
+                self._settle_deadline = end + self._period
+            self._forget()
+            return last
+
+    # -- sampling --------------------------------------------------------------------
+
+    def read_plan(self) -> list[float]:
+        """Per device, the ``since`` to read utilisation from.
+
+        Deliberately lock-free: it only reads floats, and a stale value merely
+        makes the backend return a sample the ledger then skips.
+        """
+        return [self._since(channel) for channel in self._util]
+
+    def wants_reading(self) -> bool:
+        """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
+        with self._lock:
+            return self._active_tasks > 0 or not self._settled()
+
+    def ingest(self, reads: Sequence[ReadOutcome]) -> None:
+        """Apply one sampling tick's reads (one outcome per device)."""
+        with self._lock:
+            self._ingest(reads)
+            self._forget()
+
+    def settle_done(self) -> None:
+        """The sampler made its last read after the last task; park until the next."""
+        with self._lock:
+            if self._active_tasks == 0:
+                self._settle_deadline = None
+
+    # -- reading figures ---------------------------------------------------------------
+
+    def figures(self, record: TaskRecord) -> Figures:
+        """A task's figures: final once it ended, else real samples so far."""
+        final = record.figures
+        if final is not None:
+            return final
+        with self._lock:
+            if record.figures is not None:
+                return record.figures
+            if record.generation != self._generation:
+                return Figures(0.0, 0.0, None, "partial", 0.0)
+            return self._task_figures(record, None, None)
+
+    def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:
+        """Snapshots of one service (zeros if never seen) or of all of them."""
+        with self._lock:
+            if service_name is not None:
+                service = self._services.get(service_name)
+                if service is None:
+                    return {
+                        service_name: ServiceStats(
+                            service_name,
+                            energy_mj=0.0 if self._measures_energy else None,
+                            status=self._base_status,
+                            coverage=1.0 if self._measures else 0.0,
+                        )
+                    }
+                return {service_name: self._snapshot(service)}
+            return {name: self._snapshot(s) for name, s in self._services.items()}
+
+    def reset(self, service_name: str | None = None) -> None:
+        """Zero counters; running tasks go on and count from now on (rule 10)."""
+        with self._lock:
+            now = self._clock()
+            targets = (
+                list(self._services.values())
+                if service_name is None
+                else [s for s in (self._services.get(service_name),) if s is not None]
+            )
+            for service in targets:
+                service.floor = now
+                service.totals = [0.0, 0.0, 0.0]
+                service.task_count = 0
+                service.covered = service.missing = 0.0
+                service.status = self._base_status
+
+    def clear_after_fork(self) -> None:
+        """In a forked child: drop everything inherited (a new process starts at zero)."""
+        self._lock = threading.Lock()
+        self._generation += 1
+        self._services = {}
+        self._active_services = []
+        self._tracking = set()
+        self._active_tasks = 0
+        self._last_close = -math.inf
+        self._settle_deadline = None
+        self._util = [_Channel(is_power=False) for _ in range(self._device_count)]
+        self._power = [_Channel(is_power=True) for _ in self._power]
+
+    # -- internals (all called with the lock held) ---------------------------------------
+
+    def _since(self, channel: _Channel) -> float:
+        horizon = channel.horizon
+        if horizon is None:
+            return self._clock() - 2 * self._period
+        if channel.last_end is None or channel.last_end < horizon - 2 * self._period:
+            # The newest visible value is stale (the sampler was parked): look a
+            # little further back so the read returns it, for a task's tail.
+            return horizon - 2 * self._period
+        return horizon
+
+    def _settled(self) -> bool:
+        last_close = self._last_close
+        return all(
+            channel.horizon is None or channel.horizon >= last_close - _EPS
+            for channel in (*self._util, *self._power)
+        )
+
+    def _wake_channels(self, now: float) -> None:
+        """The first task after idle: start crediting from now, unless a window is unsettled."""
+        if self._settled():
+            for channel in (*self._util, *self._power):
+                if channel.horizon is None or channel.horizon < now:
+                    channel.horizon = now
+                channel.history.clear()
+                channel.history_ends.clear()
+        self._settle_deadline = None
+
+    def _open_window(self, service: _Service, now: float) -> None:
+        self._active_services.append(service)
+        self._tracking.add(service)
+        if self._split:
+            rate = 1.0 / len(self._active_services)
+            for active in self._active_services:
+                active.set_rate(now, rate)
+        else:
+            service.set_rate(now, 1.0)
+
+    def _close_window(self, service: _Service, now: float) -> None:
+        self._active_services.remove(service)
+        service.set_rate(now, 0.0)
+        service.last_close = now
+        if self._split and self._active_services:
+            rate = 1.0 / len(self._active_services)
+            for active in self._active_services:
+                active.set_rate(now, rate)
+
+    def _ingest(self, reads: Sequence[ReadOutcome]) -> None:
+        for device, outcome in enumerate(reads):
+            if isinstance(outcome, BaseException):
+                self._read_failed()
+                continue
+            self._ingest_channel(self._util[device], outcome.utilization)
+            if self._power:
+                self._ingest_channel(self._power[device], outcome.power)
+
+    def _read_failed(self) -> None:
+        # Every figure that needed this reading is partial, even if the samples
+        # are recovered by a later read (spec: "even if recovered later").
+        for service in self._tracking:
+            service.worsen("partial")
+            for record in service.running:
+                record.failed = True
+
+    def _ingest_channel(
+        self, channel: _Channel, samples: Sequence[tuple[float, float | None]]
+    ) -> None:
+        horizon = channel.horizon
+        for end, value in samples:
+            if channel.last_end is None or end > channel.last_end:
+                channel.last_end = end
+                channel.last_value = value
+            if horizon is None:
+                continue
+            if end <= horizon:
+                continue
+            self._credit_services(channel, horizon, end, value)
+            channel.history.append((horizon, end, value))
+            channel.history_ends.append(end)
+            horizon = end
+        channel.horizon = horizon
+
+    def _credit_services(
+        self, channel: _Channel, start: float, end: float, value: float | None
+    ) -> None:
+        for service in self._tracking:
+            lo = max(start, service.floor)
+            if lo >= end:
+                continue
+            a0, w0 = service.at(lo)
+            a1, w1 = service.at(end)
+            weight = w1 - w0
+            if channel.is_power:
+                if value is None:
+                    if a1 - a0 > _EPS:
+                        service.worsen("partial")
+                else:
+                    service.totals[_ENERGY] += value * weight
+                continue
+            if value is None:
+                service.missing += a1 - a0
+                if a1 - a0 > _EPS:
+                    service.worsen("partial")
+                continue
+            service.covered += a1 - a0
+            if value > self._threshold:
+                service.totals[_BUSY] += 1000.0 * weight
+                service.totals[_UTIL] += 10.0 * value * weight
+
+    def _task_figures(
+        self, record: TaskRecord, end: float | None, reads: Sequence[ReadOutcome] | None
+    ) -> Figures:
+        """Integrate a task's window; with ``end`` and exit ``reads``, final (with tail)."""
+        service = record.service
+        start = record.start
+        totals = [0.0, 0.0, 0.0]
+        covered = missing = 0.0
+        channels: list[tuple[int, _Channel]] = list(enumerate(self._util))
+        channels += list(enumerate(self._power))
+        for device, channel in channels:
+            horizon = channel.horizon if channel.horizon is not None else start
+            upto = horizon if end is None else min(end, horizon)
+            history = channel.history
+            i = bisect_right(channel.history_ends, start)
+            while i < len(history):
+                s0, s1, value = history[i]
+                if s0 >= upto:
+                    break
+                lo, hi = max(s0, start), min(s1, upto)
+                c, m = self._credit_task(channel, service, lo, hi, value, totals)
+                covered += c
+                missing += m
+                i += 1
+            if end is not None and horizon < end:
+                # The tail after the newest visible sample takes that sample's
+                # value, unless the exit read failed (then nothing is guessed).
+                lo = max(start, horizon)
+                ok = reads is not None and not isinstance(reads[device], BaseException)
+                value = channel.last_value if ok else None
+                c, m = self._credit_task(channel, service, lo, end, value, totals)
+                covered += c
+                missing += m
+        if not self._measures:
+            status: Status = "unavailable"
+            coverage = 0.0
+        else:
+            status = "partial" if record.failed or missing > _EPS else "ok"
+            seen = covered + missing
+            coverage = covered / seen if seen > _EPS else 1.0
+        return Figures(
+            gpu_ms=totals[_BUSY],
+            gpu_util_ms=totals[_UTIL],
+            energy_mj=totals[_ENERGY] if self._measures_energy else None,
+            status=status,
+            coverage=coverage,
+        )
+
+    def _credit_task(
+        self,
+        channel: _Channel,
+        service: _Service,
+        lo: float,
+        hi: float,
+        value: float | None,
+        totals: list[float],
+    ) -> tuple[float, float]:
+        """Credit ``value`` over ``(lo, hi]`` of a task; returns (covered, missing) seconds."""
+        if hi <= lo:
+            return 0.0, 0.0
+        length = hi - lo
+        if channel.is_power:
+            if value is not None:
+                weight = service.at(hi)[1] - service.at(lo)[1]
+                totals[_ENERGY] += value * weight
+            return 0.0, 0.0
+        if value is None:
+            return 0.0, length
+        if value > self._threshold:
+            weight = service.at(hi)[1] - service.at(lo)[1] if self._split else length
+            totals[_BUSY] += 1000.0 * weight
+            totals[_UTIL] += 10.0 * value * weight
+        return length, 0.0
+
+    def _forget(self) -> None:
+        """Drop history, breakpoints and settled services no future query needs."""
+        channels = (*self._util, *self._power)
+        floor = math.inf
+        for channel in channels:
+            floor = min(floor, -math.inf if channel.horizon is None else channel.horizon)
+        if self._active_tasks == 0:
+            for channel in channels:
+                channel.history.clear()
+                channel.history_ends.clear()
+        else:
+            for channel in channels:
+                if len(channel.history) >= channel.prune_at:
+                    cut = bisect_right(channel.history_ends, self._earliest_running_start())
+                    del channel.history[:cut], channel.history_ends[:cut]
+                    channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.history))
+        for service in list(self._tracking):
+            if service.active == 0 and service.last_close <= floor + _EPS:
+                # Settled: every sample covering its windows was credited.
+                self._tracking.discard(service)
+                del service.bp_t[:], service.bp_a[:], service.bp_w[:], service.bp_rate[:]
+            elif len(service.bp_t) >= service.prune_at:
+                service.forget_before(min([floor, *(r.start for r in service.running)]))
+                service.prune_at = max(_PRUNE_MIN, 2 * len(service.bp_t))
+
+    def _earliest_running_start(self) -> float:
+        return min(
+            (record.start for service in self._active_services for record in service.running),
+            default=math.inf,
+        )
+
+    def _snapshot(self, service: _Service) -> ServiceStats:
+        if not self._measures:
+            coverage = 0.0
+        else:
+            seen = service.covered + service.missing
+            coverage = service.covered / seen if seen > _EPS else 1.0
+        return ServiceStats(
+            service=service.name,
+            task_count=service.task_count,
+            active_tasks=service.active,
+            gpu_ms=service.totals[_BUSY],
+            gpu_util_ms=service.totals[_UTIL],
+            energy_mj=service.totals[_ENERGY] if self._measures_energy else None,
+            status=service.status,
+            coverage=coverage,
+        )
