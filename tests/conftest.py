@@ -1,0 +1,43 @@
+"""Shared fixtures: a fake clock, a simulated GPU on it, and a tracker on both."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gputime import Tracker
+from gputime.testing import FakeClock, SimulatedGpu
+
+#: The simulated driver's default sample period.
+P = 1 / 6
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def gpu(clock: FakeClock) -> SimulatedGpu:
+    return SimulatedGpu(clock=clock)
+
+
+@pytest.fixture
+def tracker(gpu: SimulatedGpu) -> Iterator[Tracker]:
+    with Tracker(backend=gpu, threaded=False) as tracker:
+        yield tracker
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_tracker() -> Iterator[None]:
+    """Each test starts without a default tracker and leaves none behind."""
+    from gputime import _default
+
+    saved = _default._default
+    _default._default = None
+    yield
+    current = _default._default
+    if current is not None and current is not saved:
+        current.close()
+    _default._default = saved

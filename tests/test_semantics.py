@@ -1,0 +1,440 @@
+"""Spec section 2, rule by rule, with exact figures from the driver model.
+
+Every test runs on a FakeClock with a SimulatedGpu (sample period P = 1/6 s)
+and a tracker without a thread: only ``poll()`` and task exits read.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gputime import Tracker
+from gputime.testing import FakeClock, SimulatedGpu
+from tests.conftest import P
+
+
+def run_task(tracker: Tracker, clock: FakeClock, service: str, seconds: float) -> float:
+    with tracker.gpu_task(service) as task:
+        clock.advance(seconds)
+    return task.gpu_ms
+
+
+class TestOnlyDuringTasks:
+    """Rule 1: the sampler reads only while tasks run (plus the settle)."""
+
+    def test_no_reads_before_any_task(self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock):
+        gpu.set_utilization(100)
+        clock.advance(5)
+        tracker.poll()
+        assert gpu.reads == 0
+        assert tracker.stats() == {}
+
+    def test_busy_time_outside_windows_is_not_counted(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(100)
+        clock.advance(1.0)
+        assert run_task(tracker, clock, "nmt", 1.0) == pytest.approx(1000.0)
+        clock.advance(3.0)
+        tracker.poll()
+        assert tracker.stats("nmt").gpu_ms == pytest.approx(1000.0)
+
+    def test_no_reads_once_settled(self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "nmt", 1.0)
+        clock.advance(P)
+        tracker.poll()  # collects the sample covering the end
+        reads = gpu.reads
+        clock.advance(10)
+        tracker.poll()
+        assert gpu.reads == reads
+
+    def test_poll_reads_while_a_task_runs(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        with tracker.gpu_task("nmt"):
+            clock.advance(1)
+            tracker.poll()
+            assert gpu.reads == 1
+
+
+class TestOnlyWhileBusy:
+    """Rule 2: busy means a sample above the threshold."""
+
+    def test_aligned_busy_stretch(self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock):
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(3 * P)
+            gpu.set_utilization(50)
+            clock.advance(6 * P)
+            gpu.set_utilization(0)
+            clock.advance(3 * P)
+        assert task.gpu_ms == pytest.approx(1000.0)
+        assert task.gpu_util_ms == pytest.approx(500.0)
+
+    def test_partial_samples_count_whole_for_busy_and_weighted_for_util(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        # 100 % from 0.55 s to 1.45 s: samples 4 and 9 read 70 %, 5..8 read 100 %.
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.55)
+            gpu.set_utilization(100)
+            clock.advance(0.9)
+            gpu.set_utilization(0)
+            clock.advance(0.55)
+        assert gpu.sample(4) == 70
+        assert gpu.sample(9) == 70
+        assert task.gpu_ms == pytest.approx(6 * P * 1000)
+        assert task.gpu_util_ms == pytest.approx((0.7 + 4 + 0.7) * P * 1000)
+
+    def test_threshold_makes_low_samples_idle_for_both_figures(self, gpu: SimulatedGpu, clock):
+        tracker = Tracker(backend=gpu, threaded=False, threshold=75)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.55)
+            gpu.set_utilization(100)
+            clock.advance(0.9)
+            gpu.set_utilization(0)
+            clock.advance(0.55)
+        assert task.gpu_ms == pytest.approx(4 * P * 1000)
+        assert task.gpu_util_ms == pytest.approx(4 * P * 1000)
+
+    def test_two_busy_devices_count_twice(self, clock: FakeClock):
+        gpu = SimulatedGpu(devices=2, clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_utilization(100, device=0)
+        gpu.set_utilization(40, device=1)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+        assert task.gpu_ms == pytest.approx(2000.0)
+        assert task.gpu_util_ms == pytest.approx(1400.0)
+        assert tracker.device_ids == ("SIM-0", "SIM-1")
+
+    def test_devices_selects_which_are_tracked(self, clock: FakeClock):
+        gpu = SimulatedGpu(devices=3, clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, devices=[2, "SIM-0"])
+        gpu.set_utilization(100, device=1)
+        gpu.set_utilization(100, device=2)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+        assert task.gpu_ms == pytest.approx(1000.0)
+        assert tracker.device_ids == ("SIM-2", "SIM-0")
+
+
+class TestWindows:
+    """Exact windows, the tail after the newest sample, and the settle."""
+
+    def test_unaligned_task_takes_the_newest_sample_over_its_tail(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(100)
+        clock.advance(1.05)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.9)
+        assert task.gpu_ms == pytest.approx(900.0)
+        assert task.status == "ok"
+        assert task.coverage == 1.0
+
+    def test_service_total_uses_real_samples_and_grows_when_the_end_is_covered(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(100)
+        clock.advance(1.05)
+        run_task(tracker, clock, "nmt", 0.9)  # ends at 1.95; newest sample ends at 11 P
+        assert tracker.stats("nmt").gpu_ms == pytest.approx((11 * P - 1.05) * 1000)
+        clock.advance(0.05)  # sample 12 (2.0 s) now visible
+        tracker.poll()
+        assert tracker.stats("nmt").gpu_ms == pytest.approx(900.0)
+
+    def test_task_figure_is_final_at_exit(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(100)
+        clock.advance(1.05)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.9)
+        gpu.set_utilization(0)
+        clock.advance(1)
+        tracker.poll()
+        assert task.gpu_ms == pytest.approx(900.0)
+
+    def test_short_task_inside_one_sample_takes_the_previous_value(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(60)
+        clock.advance(2.0)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.05)
+        assert task.gpu_ms == pytest.approx(50.0)
+        assert task.gpu_util_ms == pytest.approx(30.0)
+
+    def test_running_task_shows_real_samples_so_far(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.1)
+            tracker.poll()
+            assert task.running
+            assert task.gpu_ms == pytest.approx(1000.0)
+            assert task.status == "ok"
+            clock.advance(0.9)
+        assert not task.running
+        assert task.gpu_ms == pytest.approx(2000.0)
+        assert task.duration == pytest.approx(2.0)
+
+
+class TestIndependence:
+    """Rule 3 and the attributions."""
+
+    def overlap(self, tracker: Tracker, clock: FakeClock) -> tuple[float, float]:
+        a = tracker.gpu_task("a").__enter__()
+        clock.advance(1.0)
+        b = tracker.gpu_task("b").__enter__()
+        clock.advance(1.0)
+        a.tracker._end_task(a, None)
+        clock.advance(1.0)
+        b.tracker._end_task(b, None)
+        clock.advance(1.0)
+        tracker.poll()
+        return a.gpu_ms, b.gpu_ms
+
+    def test_device_attribution_credits_every_active_service(self, gpu, clock):
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_utilization(100)
+        assert self.overlap(tracker, clock) == (pytest.approx(2000.0), pytest.approx(2000.0))
+        stats = tracker.stats()
+        assert stats["a"].gpu_ms == pytest.approx(2000.0)
+        assert stats["b"].gpu_ms == pytest.approx(2000.0)
+
+    def test_split_attribution_adds_up_to_the_device(self, gpu, clock):
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        gpu.set_utilization(100)
+        assert self.overlap(tracker, clock) == (pytest.approx(1500.0), pytest.approx(1500.0))
+        stats = tracker.stats()
+        assert stats["a"].gpu_ms + stats["b"].gpu_ms == pytest.approx(3000.0)
+        assert stats["a"].gpu_util_ms == pytest.approx(1500.0)
+
+    def test_split_with_unaligned_edges(self, gpu, clock):
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        gpu.set_utilization(100)
+        clock.advance(0.05)
+        with tracker.gpu_task("a") as a:
+            clock.advance(0.3)
+            with tracker.gpu_task("b") as b:
+                clock.advance(0.2)
+            clock.advance(0.25)
+        clock.advance(1)
+        tracker.poll()
+        assert a.gpu_ms == pytest.approx(550 + 100)
+        assert b.gpu_ms == pytest.approx(100)
+        stats = tracker.stats()
+        assert stats["a"].gpu_ms + stats["b"].gpu_ms == pytest.approx(750)
+
+    def test_one_service_reset_leaves_the_other(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "a", 1.0)
+        run_task(tracker, clock, "b", 1.0)
+        tracker.reset("a")
+        assert tracker.stats("a").gpu_ms == 0
+        assert tracker.stats("a").task_count == 0
+        assert tracker.stats("b").gpu_ms > 0
+        assert tracker.stats("b").task_count == 1
+
+
+class TestMonotonic:
+    """Rule 4: a service total never decreases between resets."""
+
+    def test_reads_during_a_task_only_grow(self, tracker, gpu, clock):
+        seen = []
+        with tracker.gpu_task("nmt"):
+            for percent in (100, 0, 30, 0, 100, 0):
+                gpu.set_utilization(percent)
+                clock.advance(0.37)
+                tracker.poll()
+                seen.append(tracker.stats("nmt").gpu_ms)
+        clock.advance(1)
+        tracker.poll()
+        seen.append(tracker.stats("nmt").gpu_ms)
+        assert seen == sorted(seen)
+        assert seen[0] > 0
+        assert seen[-1] > seen[0]
+
+
+class TestFailedReadings:
+    """Rule 5: a failed reading counts nothing for its time and is reported."""
+
+    def test_recovered_samples_count_but_the_status_stays_partial(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            gpu.fail_reads(1)
+            tracker.poll()
+            clock.advance(0.5)
+        assert task.gpu_ms == pytest.approx(1000.0)
+        assert task.status == "partial"
+        assert task.coverage == 1.0
+        assert tracker.stats("nmt").status == "partial"
+
+    def test_failed_exit_read_guesses_no_tail(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            tracker.poll()
+            clock.advance(0.45)
+            gpu.fail_reads(1)
+        assert task.gpu_ms == pytest.approx(500.0)
+        assert task.status == "partial"
+        assert task.coverage == pytest.approx(0.5 / 0.95)
+
+    def test_lost_samples_count_nothing(self, clock):
+        gpu = SimulatedGpu(clock=clock, buffer_samples=4)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            tracker.poll()  # samples 1..3
+            gpu.fail_reads(None)
+            clock.advance(1.5)
+            tracker.poll()
+            gpu.fail_reads(0)
+        # Exit at 2.0 s: the buffer holds samples 9..12; 4..8 were lost.
+        assert task.gpu_ms == pytest.approx(500 + 4 * P * 1000)
+        assert task.coverage == pytest.approx((0.5 + 4 * P) / 2)
+        assert task.status == "partial"
+        stats = tracker.stats("nmt")
+        assert stats.gpu_ms == pytest.approx(500 + 4 * P * 1000)
+        assert stats.coverage == pytest.approx((0.5 + 4 * P) / 2)
+        assert stats.status == "partial"
+
+    def test_every_read_failing_gives_zero_and_partial(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        gpu.fail_reads()
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+            tracker.poll()
+        assert task.gpu_ms == 0
+        assert task.status == "partial"
+        assert task.coverage == 0.0
+
+    def test_status_worst_since_reset(self, tracker, gpu, clock):
+        gpu.fail_reads(1)
+        run_task(tracker, clock, "nmt", 0.5)
+        assert tracker.stats("nmt").status == "partial"
+        run_task(tracker, clock, "nmt", 0.5)
+        assert tracker.stats("nmt").status == "partial"
+        tracker.reset("nmt")
+        run_task(tracker, clock, "nmt", 0.5)
+        assert tracker.stats("nmt").status == "ok"
+
+
+class TestConcurrentTasks:
+    """Rule 6: a service window lasts until its last running task ends."""
+
+    def test_overlapping_tasks_count_shared_time_once_for_the_service(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        first = tracker.gpu_task("nmt").__enter__()
+        clock.advance(0.5)
+        second = tracker.gpu_task("nmt").__enter__()
+        assert tracker.stats("nmt").active_tasks == 2
+        assert second.concurrency == 2
+        clock.advance(0.5)
+        tracker._end_task(first, None)
+        clock.advance(1.0)
+        tracker._end_task(second, None)
+        clock.advance(1.0)
+        tracker.poll()
+        assert first.gpu_ms == pytest.approx(1000.0)
+        assert second.gpu_ms == pytest.approx(1500.0)
+        stats = tracker.stats("nmt")
+        assert stats.gpu_ms == pytest.approx(2000.0)
+        assert stats.task_count == 2
+        assert stats.active_tasks == 0
+
+
+class TestReset:
+    """Rules 7 and 10."""
+
+    def test_reset_all(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "a", 1.0)
+        run_task(tracker, clock, "b", 1.0)
+        tracker.reset()
+        assert all(s.gpu_ms == 0 and s.task_count == 0 for s in tracker.stats().values())
+
+    def test_reset_while_running_counts_from_the_reset_on(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.05)
+            tracker.poll()
+            tracker.reset("nmt")
+            assert tracker.stats("nmt").active_tasks == 1
+            assert tracker.stats("nmt").gpu_ms == 0
+            clock.advance(0.95)
+        clock.advance(1)
+        tracker.poll()
+        assert task.gpu_ms == pytest.approx(2000.0)
+        stats = tracker.stats("nmt")
+        assert stats.gpu_ms == pytest.approx(950.0)
+        assert stats.task_count == 1
+
+    def test_never_seen_service_reads_zeros(self, tracker):
+        stats = tracker.stats("never")
+        assert (stats.service, stats.task_count, stats.gpu_ms, stats.status) == (
+            "never",
+            0,
+            0.0,
+            "ok",
+        )
+
+
+class TestCounts:
+    """Rule 8: ended tasks are counted however they ended."""
+
+    def test_raised_and_returned_tasks_count(self, tracker, clock):
+        @tracker.gpu_task("nmt")
+        def job(fail: bool) -> str:
+            clock.advance(0.1)
+            if fail:
+                raise KeyError("boom")
+            return "ok"
+
+        assert job(False) == "ok"
+        with pytest.raises(KeyError):
+            job(True)
+        assert tracker.stats("nmt").task_count == 2
+        assert tracker.stats("nmt").active_tasks == 0
+
+
+class TestListeners:
+    """Rule 9: task start and end listeners."""
+
+    def test_listeners_see_the_handle(self, tracker, gpu, clock):
+        events = []
+
+        @tracker.on_task_start
+        def started(task):
+            events.append(("start", task.service, task.running))
+
+        @tracker.on_task_end
+        def ended(task):
+            events.append(("end", task.service, task.gpu_ms))
+
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "tts", 1.0)
+        assert events == [("start", "tts", True), ("end", "tts", pytest.approx(1000.0))]
+
+    def test_a_raising_listener_is_logged_not_propagated(self, tracker, clock, caplog):
+        def broken(task):
+            raise RuntimeError("listener bug")
+
+        tracker.on_task_start(broken)
+        tracker.on_task_end(broken)
+        for _ in range(3):
+            run_task(tracker, clock, "tts", 0.1)
+        assert tracker.stats("tts").task_count == 3
+        messages = [r.getMessage() for r in caplog.records if r.name == "gputime"]
+        assert len(messages) == 2  # once per kind
+        assert all("listener bug" in m for m in messages)
+
+    def test_listener_must_be_callable(self, tracker):
+        with pytest.raises(TypeError):
+            tracker.on_task_start(42)  # type: ignore[arg-type]
