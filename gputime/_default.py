@@ -56,8 +56,8 @@ def stats(service: str) -> ServiceStats: ...
 
 def stats(service: str | None = None) -> dict[str, ServiceStats] | ServiceStats:
     """The default tracker's per-service figures; see :meth:`Tracker.stats`."""
-    result: dict[str, ServiceStats] | ServiceStats = get_tracker().stats(service)
-    return result
+    tracker = get_tracker()
+    return tracker.stats() if service is None else tracker.stats(service)
 
 
 def reset(service: str | None = None) -> None:

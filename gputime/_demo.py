@@ -48,7 +48,7 @@ class _SharedGpu:
 
 
 class _CallbackRunner:
-    """A job runner that is not Python-decorated: it only calls back (like the seed's Rust service)."""
+    """A job runner that only calls back on start and end (like the seed's Rust service)."""
 
     def __init__(self) -> None:
         self._on_start: Callable[[str], None] = lambda job: None
@@ -68,7 +68,9 @@ class _CallbackRunner:
             self._on_end(job)
 
 
-def run_demo(seconds: float = 3.0, *, seed: int = 7, out: TextIO | None = None) -> dict[str, ServiceStats]:
+def run_demo(
+    seconds: float = 3.0, *, seed: int = 7, out: TextIO | None = None
+) -> dict[str, ServiceStats]:
     """Run the workload for about ``seconds`` and print a per-service table.
 
     Returns:
@@ -157,7 +159,9 @@ def _yourtts_stream(tracker: Tracker, shared: _SharedGpu) -> Callable[[int], Ite
 
 def print_table(stats: dict[str, ServiceStats], *, out: TextIO | None = None) -> None:
     """Print the per-service figures as a fixed-width table."""
-    header = f"{'service':<10} {'tasks':>6} {'GPU ms':>10} {'util ms':>10} {'status':>9} {'coverage':>9}"
+    header = (
+        f"{'service':<10} {'tasks':>6} {'GPU ms':>10} {'util ms':>10} {'status':>9} {'coverage':>9}"
+    )
     lines = [header, "-" * len(header)]
     for name in sorted(stats):
         s = stats[name]

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from gputime._backends import (
     Attribution,
@@ -19,7 +19,7 @@ from gputime._backends import (
     DeviceSelector,
     resolve_backend,
 )
-from gputime._ledger import Figures, Ledger, ReadOutcome, Status, TaskRecord
+from gputime._ledger import Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
 from gputime._otel import Emitter
 from gputime._sampler import Sampler
 
@@ -269,7 +269,13 @@ class Tracker:
 
         return gpu_task(service, tracker=self, **kwargs)
 
-    def stats(self, service: str | None = None) -> Any:
+    @overload
+    def stats(self) -> dict[str, ServiceStats]: ...
+
+    @overload
+    def stats(self, service: str) -> ServiceStats: ...
+
+    def stats(self, service: str | None = None) -> dict[str, ServiceStats] | ServiceStats:
         """Per-service figures.
 
         Returns:

@@ -254,7 +254,10 @@ class TestContextManager:
 
     def test_user_exception_propagates_unchanged(self, tracker):
         error = ValueError("job failed")
-        with pytest.raises(ValueError) as caught, tracker.gpu_task("tts") as task:
+        with (
+            pytest.raises(ValueError, match="job failed") as caught,
+            tracker.gpu_task("tts") as task,
+        ):
             raise error
         assert caught.value is error
         assert task.error is error

@@ -1,0 +1,87 @@
+"""Checked by ``mypy --strict`` (not run by pytest): decorated signatures survive.
+
+Each ``assert_type`` fails type checking if ``gpu_task`` lost the original
+signature, and the ``type: ignore[...]`` lines fail it (as unused ignores) if a
+wrong call stopped being an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator, Iterator
+from typing import Any
+
+from typing_extensions import assert_type
+
+import gputime
+from gputime import ServiceStats, TaskHandle, Tracker, gpu_task
+
+
+@gpu_task("nmt")
+def translate(text: str, *, beam: int = 4) -> list[str]:
+    return [text] * beam
+
+
+@gpu_task("tts")
+async def synth(text: str) -> bytes:
+    return text.encode()
+
+
+@gpu_task("yourtts")
+def stream(n: int) -> Generator[int, str, bool]:
+    yield n
+    return True
+
+
+@gpu_task("yourtts")
+def chunks(n: int) -> Iterator[int]:
+    yield n
+
+
+@gpu_task("yourtts")
+async def astream(n: int) -> AsyncIterator[int]:
+    yield n
+
+
+class Service:
+    @gpu_task("m")
+    def method(self, x: int) -> str:
+        return str(x)
+
+
+def check() -> None:
+    assert_type(translate("hi", beam=2), list[str])
+    translate(3)  # type: ignore[arg-type]
+    translate("hi", beam="2")  # type: ignore[arg-type]
+    coroutine = assert_type(synth("hi"), Coroutine[Any, Any, bytes])
+    coroutine.close()
+    assert_type(stream(3), Generator[int, str, bool])
+    assert_type(chunks(3), Iterator[int])
+    assert_type(astream(3), AsyncIterator[int])
+    assert_type(Service().method(3), str)
+    Service().method("3")  # type: ignore[arg-type]
+
+    with gpu_task("tts") as task:
+        assert_type(task, TaskHandle)
+        assert_type(task.gpu_ms, float)
+        assert_type(task.energy_mj, float | None)
+
+    tracker = Tracker(backend="none", interval=0.5, threaded=False)
+    assert_type(tracker.stats(), dict[str, ServiceStats])
+    assert_type(tracker.stats("nmt"), ServiceStats)
+    assert_type(gputime.stats(), dict[str, ServiceStats])
+    assert_type(gputime.stats("nmt"), ServiceStats)
+    assert_type(gputime.configure(backend="none"), Tracker)
+
+    @tracker.on_task_end
+    def listener(task: TaskHandle) -> None:
+        pass
+
+    listener(task)
+    tracker.on_task_start(lambda t: print(t.service))
+
+
+async def acheck() -> None:
+    async with gpu_task("tts") as task:
+        assert_type(task, TaskHandle)
+    gen: AsyncGenerator[int, None] | AsyncIterator[int] = astream(1)
+    del gen
