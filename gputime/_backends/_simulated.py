@@ -84,6 +84,9 @@ class SimulatedGpu:
         buffer_samples: How many samples the driver keeps per device, like the
             real driver's ring buffer; older samples are lost and a reader that
             fell further behind sees the lost stretch as missing.
+        measure_energy: Also model an energy counter: readings then carry the
+            mean power set with :meth:`set_power` over each sample period, and
+            figures get ``energy_mj``.
 
     Raises:
         ValueError: ``devices`` is not a positive integer, or ``sample_period``
@@ -99,6 +102,7 @@ class SimulatedGpu:
         sample_period: float = 1 / 6,
         clock: Clock | None = None,
         buffer_samples: int = 600,
+        measure_energy: bool = False,
     ) -> None:
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
             raise ValueError(f"devices={devices!r}: must be a positive integer")
@@ -113,7 +117,9 @@ class SimulatedGpu:
         self.clock: Clock = clock if clock is not None else time.monotonic
         self.sample_period = float(sample_period)
         self.buffer_samples = buffer_samples
+        self.measure_energy = bool(measure_energy)
         self._timelines = [_Timeline() for _ in range(devices)]
+        self._power = [_Timeline() for _ in range(devices)]
         self._failures_left: int | None = 0
         self._lock = threading.Lock()
         #: Reads made so far (every call to a session's ``read``), for tests.
@@ -135,6 +141,26 @@ class SimulatedGpu:
         timeline = self._timeline(device)
         with self._lock:
             timeline.set(self.clock(), float(percent))
+
+    def set_power(self, watts: float, device: int = 0) -> None:
+        """Set ``device``'s power draw from the clock's current time on.
+
+        Only read when the GPU was made with ``measure_energy=True``.
+
+        Raises:
+            ValueError: ``watts`` is negative or not a finite number, or
+                ``device`` does not exist.
+        """
+        if (
+            isinstance(watts, bool)
+            or not isinstance(watts, (int, float))
+            or not math.isfinite(watts)
+            or watts < 0
+        ):
+            raise ValueError(f"watts={watts!r}: must be a finite number >= 0")
+        self._timeline(device)
+        with self._lock:
+            self._power[device].set(self.clock(), float(watts))
 
     def fail_reads(self, times: int | None = None) -> None:
         """Make the next ``times`` reads fail; every read while ``times`` is ``None``.
@@ -226,7 +252,15 @@ class SimulatedGpu:
                 mean = timeline.mean((k - 1) * period, k * period)
                 samples.append((k * period, float(math.floor(mean + 0.5 + _EPS))))
             timeline.forget_before((oldest_kept - 1) * period)
-        return Reading(utilization=samples)
+            power: list[Sample] = []
+            if self.measure_energy:
+                watts = self._power[device]
+                power = [
+                    (end, None if value is None else 1000.0 * watts.mean(end - period, end))
+                    for end, value in samples
+                ]
+                watts.forget_before((oldest_kept - 1) * period)
+        return Reading(utilization=samples, power=power)
 
 
 class _SimulatedSession:
@@ -237,7 +271,7 @@ class _SimulatedSession:
             DeviceInfo(id=_device_id(i), name="Simulated GPU", index=i) for i in indices
         )
         self.measures_utilization = True
-        self.measures_energy = False
+        self.measures_energy = gpu.measure_energy
         self.sample_period = gpu.sample_period
 
     def read(self, device: int, since: float) -> Reading:

@@ -1,0 +1,174 @@
+"""Ledger internals: energy, bounded memory, split with many services, fork reset."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gputime import Tracker
+from gputime.testing import FakeClock, SimulatedGpu
+from tests.conftest import P
+
+
+class TestEnergy:
+    def test_energy_is_integrated_over_exact_windows(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock, measure_energy=True)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_power(200)
+        clock.advance(0.05)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            gpu.set_power(100)
+            clock.advance(0.5)
+        assert task.energy_mj == pytest.approx(150_000.0)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("nmt").energy_mj == pytest.approx(150_000.0)
+
+    def test_energy_split_between_services(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock, measure_energy=True)
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        gpu.set_power(300)
+        with tracker.gpu_task("a") as a, tracker.gpu_task("b") as b:
+            clock.advance(1.0)
+        clock.advance(1)
+        tracker.poll()
+        assert a.energy_mj == pytest.approx(150_000.0)
+        assert b.energy_mj == pytest.approx(150_000.0)
+        stats = tracker.stats()
+        assert stats["a"].energy_mj + stats["b"].energy_mj == pytest.approx(300_000.0)
+
+    def test_lost_energy_counts_nothing_and_is_partial(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock, measure_energy=True, buffer_samples=2)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_power(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+        assert task.energy_mj == pytest.approx(100 * 2 * P * 1000)
+        assert task.status == "partial"
+        assert tracker.stats("nmt").status == "partial"
+
+    def test_backends_without_energy_report_none(self, tracker: Tracker, clock: FakeClock):
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.1)
+        assert task.energy_mj is None
+        assert tracker.stats("nmt").energy_mj is None
+        assert tracker.stats("unseen").energy_mj is None
+
+    def test_unseen_service_with_energy_reads_zero(self, clock: FakeClock):
+        tracker = Tracker(backend=SimulatedGpu(clock=clock, measure_energy=True), threaded=False)
+        assert tracker.stats("unseen").energy_mj == 0.0
+
+    def test_set_power_checks_its_input(self):
+        gpu = SimulatedGpu(measure_energy=True)
+        with pytest.raises(ValueError, match="watts="):
+            gpu.set_power(-1)
+        with pytest.raises(ValueError, match="device="):
+            gpu.set_power(10, device=3)
+
+
+class TestSplit:
+    def test_three_services_joining_and_leaving(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        gpu.set_utilization(100)
+        a = tracker.gpu_task("a").__enter__()  # 0..3
+        clock.advance(1)
+        b = tracker.gpu_task("b").__enter__()  # 1..3
+        clock.advance(1)
+        c = tracker.gpu_task("c").__enter__()  # 2..4
+        clock.advance(1)
+        tracker._end_task(a, None)
+        tracker._end_task(b, None)
+        clock.advance(1)
+        tracker._end_task(c, None)
+        clock.advance(1)
+        tracker.poll()
+        # 0..1: a alone; 1..2: a, b; 2..3: a, b, c; 3..4: c alone.
+        assert a.gpu_ms == pytest.approx(1000 + 500 + 1000 / 3)
+        assert b.gpu_ms == pytest.approx(500 + 1000 / 3)
+        assert c.gpu_ms == pytest.approx(1000 / 3 + 1000)
+        stats = tracker.stats()
+        assert sum(s.gpu_ms for s in stats.values()) == pytest.approx(4000.0)
+
+    def test_split_among_services_not_tasks(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        gpu.set_utilization(100)
+        with tracker.gpu_task("a"), tracker.gpu_task("a"), tracker.gpu_task("b"):
+            clock.advance(1.0)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("a").gpu_ms == pytest.approx(500.0)
+        assert tracker.stats("b").gpu_ms == pytest.approx(500.0)
+
+
+class TestBoundedMemory:
+    def test_history_and_breakpoints_stay_small(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        ledger = tracker._ledger
+        rng = random.Random(3)
+        long_task = tracker.gpu_task("long").__enter__()
+        for step in range(3000):
+            gpu.set_utilization(rng.choice((0, 40, 100)))
+            with tracker.gpu_task(f"svc{step % 5}"):
+                clock.advance(rng.uniform(0.01, 0.2))
+            clock.advance(rng.uniform(0, 0.1))
+            if step % 5 == 0:
+                tracker.poll()
+            if step == 2000:
+                tracker._end_task(long_task, None)
+        sizes = [len(c.history) for c in ledger._util]
+        breakpoints = [len(s.bp_t) for s in ledger._services.values()]
+        assert max(sizes) < 200
+        assert max(breakpoints) < 200
+        total = sum(s.task_count for s in tracker.stats().values())
+        assert total == 3001
+        clock.advance(1)
+        tracker.poll()
+        assert ledger._tracking == set()
+        assert all(not c.history for c in ledger._util)
+
+    def test_long_task_figure_survives_pruning(self, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.set_utilization(100)
+        with tracker.gpu_task("long") as task:
+            for _ in range(600):
+                clock.advance(0.5)
+                tracker.poll()
+                with tracker.gpu_task("short"):
+                    clock.advance(0.01)
+        assert task.gpu_ms == pytest.approx(306_000.0)
+
+
+class TestLifecycle:
+    def test_clear_after_fork_starts_at_zero(self, tracker: Tracker, gpu, clock):
+        gpu.set_utilization(100)
+        inherited = tracker.gpu_task("nmt").__enter__()
+        clock.advance(1)
+        tracker.poll()
+        tracker._after_fork_in_child()  # what the fork hook runs in the child
+        assert tracker.stats() == {}
+        assert inherited.status == "partial"  # the child has no figures for it
+        tracker._end_task(inherited, None)
+        assert tracker.stats() == {}
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1)
+        assert task.gpu_ms == pytest.approx(1000.0)
+        assert tracker.stats("nmt").task_count == 1
+
+    def test_ending_a_task_twice_counts_once(self, tracker: Tracker, clock):
+        task = tracker.gpu_task("nmt").__enter__()
+        tracker._end_task(task, None)
+        tracker._end_task(task, None)
+        assert tracker.stats("nmt").task_count == 1
+
+    def test_poll_after_close_reads_nothing(self, gpu: SimulatedGpu, clock):
+        tracker = Tracker(backend=gpu, threaded=False)
+        with tracker.gpu_task("nmt"):
+            tracker.close()
+            tracker.poll()
+        assert gpu.reads == 0
