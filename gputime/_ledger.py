@@ -418,12 +418,16 @@ class Ledger:
 
     def _since(self, channel: _Channel) -> float:
         horizon = channel.horizon
-        if horizon is None:
-            return self._clock() - 2 * self._period
-        if channel.last_end is None or channel.last_end < horizon - 2 * self._period:
-            # The newest visible value is stale (the sampler was parked): look a
-            # little further back so the read returns it, for a task's tail.
-            return horizon - 2 * self._period
+        lookback = (self._clock() if horizon is None else horizon) - 2 * self._period
+        last_end = channel.last_end
+        if horizon is None or last_end is None:
+            return lookback
+        if last_end < horizon:
+            # The horizon jumped to "now" when the first task after idle began:
+            # samples ending between the newest one read and now are not
+            # credited, but the newest of them is the value a short task's tail
+            # takes. Ask from just after what was read (two periods back at most).
+            return max(last_end, lookback)
         return horizon
 
     def _settled(self) -> bool:

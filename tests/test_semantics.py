@@ -166,6 +166,24 @@ class TestWindows:
         assert task.gpu_ms == pytest.approx(50.0)
         assert task.gpu_util_ms == pytest.approx(30.0)
 
+    def test_tail_after_idle_takes_the_newest_visible_sample(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        # Found by benchmarks/accuracy.py: after a settled idle spell the read
+        # must return the samples between the newest one read and the new start.
+        gpu.set_utilization(50)
+        clock.advance(1.0)
+        with tracker.gpu_task("a"):
+            clock.advance(0.05)
+        clock.advance(0.15)
+        tracker.poll()  # t = 1.2: reads sample 7 (ends 7 P); settled
+        gpu.set_utilization(100)
+        clock.advance(0.15)  # t = 1.35: sample 8 (90 %) is visible
+        with tracker.gpu_task("b") as task:
+            clock.advance(0.10)  # ends before sample 9
+        assert gpu.sample(8) == 90
+        assert task.gpu_util_ms == pytest.approx(90.0)
+
     def test_running_task_shows_real_samples_so_far(
         self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
     ):
