@@ -1,0 +1,1183 @@
+"""The NVML backend: utilisation, energy and per-process samples of NVIDIA GPUs.
+
+Everything goes through the ``pynvml`` module of the ``nvidia-ml-py`` distribution,
+imported only when the backend is first used, so that importing gputime never
+loads the NVML bindings.
+
+Lifecycle: NVML is initialised once per process, when the backend is first
+constructed (or :func:`list_devices` first called). Every open session holds a
+reference; ``nvmlShutdown`` runs when the last session closes, which the tracker
+does after its sampler stopped, and only once no read is in flight. A forked
+child starts with NVML uninitialised: its sessions initialise again and look
+their devices up by UUID on their first read.
+
+Time: NVML stamps samples with the wall clock (``CLOCK_REALTIME``, µs). They are
+mapped onto the tracker's clock through the tightest of several side-by-side
+readings of ``time.time_ns()`` and the tracker clock, refreshed every second so
+that a step of the wall clock is followed, and otherwise held fixed so that one
+driver sample always maps to the same tracker time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import os
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gputime._backends._base import (
+    Attribution,
+    BackendUnavailable,
+    Clock,
+    DeviceInfo,
+    DeviceSelector,
+    Reading,
+    Sample,
+)
+
+__all__ = [
+    "NvmlBackend",
+    "NvmlDeviceInfo",
+    "NvmlDeviceLostError",
+    "NvmlError",
+    "NvmlUnavailableError",
+    "list_devices",
+]
+
+_logger = logging.getLogger("gputime")
+
+# NVML return codes (part of NVML's stable C ABI; kept here so this module can be
+# imported, typed and tested without loading the bindings).
+_SUCCESS = 0
+_UNINITIALIZED = 1
+_NOT_SUPPORTED = 3
+_NO_PERMISSION = 4
+_NOT_FOUND = 6
+_DRIVER_NOT_LOADED = 9
+_LIBRARY_NOT_FOUND = 12
+_FUNCTION_NOT_FOUND = 13
+_GPU_IS_LOST = 15
+_RESET_REQUIRED = 16
+_LIB_RM_VERSION_MISMATCH = 18
+
+_GPU_UTILIZATION_SAMPLES = 1
+_MIG_ENABLE = 1
+
+#: The driver samples every 1/6 s to 1 s depending on the product.
+_DEFAULT_PERIOD = 1 / 6
+_MAX_PERIOD = 1.0
+_MIN_PERIOD = 1 / 60
+#: NVML timestamps jitter by a few milliseconds around the nominal period.
+_SLACK = 0.02
+#: Extra lookback when asking NVML for samples newer than ``since``, in µs, so
+#: that rounding in the clock mapping never hides a sample.
+_LOOKBACK_US = 1000
+#: Samples stamped this far after "now" are garbage (or from before a wall-clock
+#: step backwards) and are dropped.
+_FUTURE_SLACK = 0.05
+#: The wall-clock/tracker offset is re-measured this often (tracker seconds)...
+_CLOCK_REFRESH = 1.0
+#: ...and only adopted when it moved by more than this (a wall-clock step), so
+#: one sample keeps mapping to one tracker time between steps.
+_CLOCK_STEP = 0.002
+#: NVML's timestamps have microsecond resolution: a sample that maps within this
+#: of ``since`` is the one that ended there.
+_RESOLUTION = 1e-6
+#: The energy counter updates every ~100 ms; unchanged for this long, it is stuck.
+_ENERGY_STALL = 1.0
+#: How long ``close`` waits for reads still inside NVML before shutting it down.
+_CLOSE_WAIT = 5.0
+#: Where this process's PID namespace is named.
+_PID_NAMESPACE = "/proc/self/ns/pid"
+#: The inode number of the kernel's initial PID namespace (PROC_PID_INIT_INO).
+_INIT_PID_NS = "pid:[4026531836]"
+
+_SAMPLE_CALLS = ("nvmlDeviceGetSamples", "nvmlDeviceGetUtilizationRates")
+_ENERGY_CALL = "nvmlDeviceGetTotalEnergyConsumption"
+_PROCESS_CALLS = ("nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetProcessUtilization")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class NvmlError(RuntimeError):
+    """An NVML call failed while reading a device.
+
+    The tracker catches it, logs it once per kind and marks the affected figures
+    ``partial``. The message is the same for every occurrence of one kind.
+
+    Attributes:
+        call: The NVML function that failed.
+        code: The NVML return code, or ``None`` where the bindings failed otherwise.
+        device: The device's id (UUID), or ``None`` for process-wide calls.
+    """
+
+    def __init__(self, call: str, code: int | None, device: str | None, detail: str = "") -> None:
+        self.call = call
+        self.code = code
+        self.device = device
+        where = f" on {device}" if device else ""
+        what = _code_name(code) if code is not None else detail
+        super().__init__(f"NVML {call}{where} failed: {what}")
+
+
+class NvmlDeviceLostError(NvmlError):
+    """The GPU fell off the bus or needs a reset; the device is not read again."""
+
+
+class NvmlUnavailableError(RuntimeError):
+    """The device has no utilisation figure at all (MIG mode, or no NVML support)."""
+
+
+_code_names: dict[int, str] = {}
+
+
+def _code_name(code: int) -> str:
+    if not _code_names:
+        try:
+            module = importlib.import_module("pynvml")
+        except ImportError:  # pragma: no cover - the backend never runs without pynvml
+            module = None
+        for attr in dir(module):
+            if attr.startswith("NVML_ERROR_"):
+                _code_names.setdefault(int(getattr(module, attr)), attr)
+        _code_names[_SUCCESS] = "NVML_SUCCESS"
+    return f"{_code_names.get(code, 'unknown NVML error')} ({code})"
+
+
+_logged: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_once(kind: str, level: int, message: str, *args: object) -> None:
+    with _logged_lock:
+        if kind in _logged:
+            return
+        _logged.add(kind)
+    _logger.log(level, message, *args)
+
+
+def _code_of(exc: BaseException) -> int | None:
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def _load_pynvml() -> Any:
+    """Import the bindings; typed ``Any`` because ``pynvml`` ships no type information."""
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the Python NVML bindings are not installed (pip install nvidia-ml-py)"
+        ) from exc
+
+
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    code = _code_of(exc)
+    reasons = {
+        _LIBRARY_NOT_FOUND: "the NVML library libnvidia-ml.so.1 was not found "
+        "(is the NVIDIA driver installed, and visible inside this container?)",
+        _DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
+        _NO_PERMISSION: "no permission to open the NVIDIA devices",
+        _LIB_RM_VERSION_MISMATCH: "the NVML library does not match the loaded kernel driver "
+        "(reboot or reload the driver after an upgrade)",
+    }
+    reason = reasons.get(code if code is not None else -1)
+    if reason is None:
+        reason = f"NVML could not start: {_code_name(code) if code is not None else repr(exc)}"
+    return BackendUnavailable(reason)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+class _Runtime:
+    """The process-wide NVML initialisation, shared by every backend and session.
+
+    ``generation`` changes on every (re-)initialisation and in a forked child,
+    telling sessions that their device handles must be looked up again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._initialised = False
+        self.generation = 0
+
+    def ensure(self, nv: Any) -> None:
+        """Initialise NVML unless it already is (raises ``pynvml.NVMLError``)."""
+        with self._lock:
+            self._ensure_locked(nv)
+
+    def _ensure_locked(self, nv: Any) -> None:
+        if not self._initialised:
+            nv.nvmlInit()
+            self._initialised = True
+            self.generation += 1
+
+    def acquire(self, nv: Any) -> None:
+        with self._lock:
+            self._ensure_locked(nv)
+            self._users += 1
+
+    def release(self, nv: Any) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or not self._initialised:
+                return
+            self._initialised = False
+            try:
+                nv.nvmlShutdown()
+            except Exception as exc:  # noqa: BLE001 - shutdown failures are logged, never raised
+                _log_once("shutdown", logging.WARNING, "gputime: nvmlShutdown failed: %s", exc)
+
+    def reinit(self, nv: Any, seen: int) -> None:
+        """Initialise again after NVML answered UNINITIALIZED (once per generation)."""
+        with self._lock:
+            if self.generation != seen:
+                return  # another thread already did it
+            nv.nvmlInit()
+            self._initialised = True
+            self.generation += 1
+
+    def forget(self) -> None:
+        """Start over as if NVML was never initialised (a forked child; tests)."""
+        # In a child the parent's NVML state means nothing, and the lock may have
+        # been held by a thread that does not exist there.
+        self._lock = threading.Lock()
+        self._users = 0
+        self._initialised = False
+        self.generation += 1
+
+
+_RUNTIME = _Runtime()
+os.register_at_fork(after_in_child=_RUNTIME.forget)
+
+
+# --------------------------------------------------------------------------- clock mapping
+
+
+class _ClockMap:
+    """Maps NVML's wall-clock microseconds onto the tracker's clock.
+
+    Holds one anchor pair ``(wall ns, tracker s)``; conversions use integer
+    differences from it, so they keep sub-microsecond precision.
+    """
+
+    def __init__(self, clock: Clock, wall_ns: Callable[[], int]) -> None:
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self._lock = threading.Lock()
+        self._anchor_ns, self._anchor_t, self.uncertainty = self._measure()
+        self._checked = self._anchor_t
+
+    def _measure(self) -> tuple[int, float, float]:
+        best: tuple[int, float, float] | None = None
+        for _ in range(5):
+            before = self._clock()
+            wall = self._wall_ns()
+            after = self._clock()
+            half = (after - before) / 2
+            if best is None or half < best[2]:
+                best = (wall, before + half, half)
+        assert best is not None
+        return best
+
+    def refresh(self, now: float) -> None:
+        """Re-measure at most every ``_CLOCK_REFRESH`` s; adopt it after a wall-clock step."""
+        if now - self._checked < _CLOCK_REFRESH:
+            return
+        wall, mid, half = self._measure()
+        with self._lock:
+            self._checked = now
+            drift = (mid - self._anchor_t) - (wall - self._anchor_ns) / 1e9
+            if abs(drift) > _CLOCK_STEP + half + self.uncertainty:
+                _logger.debug("gputime: wall clock moved by %.6f s; NVML times re-anchored", -drift)
+                self._anchor_ns, self._anchor_t, self.uncertainty = wall, mid, half
+
+    def to_tracker(self, wall_us: int) -> float:
+        return self._anchor_t + (wall_us * 1000 - self._anchor_ns) / 1e9
+
+    def to_wall_us(self, t: float) -> int:
+        return (self._anchor_ns + round((t - self._anchor_t) * 1e9)) // 1000
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlDeviceInfo:
+    """One GPU as NVML sees it, with what it supports (for ``gputime devices``).
+
+    Attributes:
+        index: NVML's index (``nvidia-smi`` numbering; CUDA's may differ).
+        uuid: The device's UUID (``GPU-...``), gputime's id for it.
+        name: The product name.
+        mig_enabled: Whether MIG mode is on (NVML has no utilisation then).
+        sample_period: The driver's utilisation sample period in seconds,
+            estimated from its sample buffer; ``None`` where the buffer was empty.
+        calls: For each NVML call gputime uses, ``"supported"``,
+            ``"not supported"``, ``"missing"`` (the driver lacks the function)
+            or ``"error: ..."``.
+        error: Why the device cannot be used at all, or ``None``.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    mig_enabled: bool = False
+    sample_period: float | None = None
+    calls: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Gpu:
+    """A physical GPU found at enumeration."""
+
+    index: int
+    uuid: str
+    name: str
+    handle: Any
+    mig: bool
+    error: str | None = None
+
+
+def _enumerate(nv: Any) -> list[_Gpu]:
+    """All GPUs NVML reports; per-device failures are recorded, not raised."""
+    gpus: list[_Gpu] = []
+    for index in range(nv.nvmlDeviceGetCount()):
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(index)
+            uuid = str(nv.nvmlDeviceGetUUID(handle))
+        except Exception as exc:  # noqa: BLE001 - an unusable device is listed with its error
+            gpus.append(_Gpu(index, f"nvml-index-{index}", "?", None, False, _describe(exc)))
+            continue
+        try:
+            name = str(nv.nvmlDeviceGetName(handle))
+        except Exception:  # noqa: BLE001 - the name is cosmetic
+            name = "NVIDIA GPU"
+        gpus.append(_Gpu(index, uuid, name, handle, _mig_enabled(nv, handle)))
+    return gpus
+
+
+def _mig_enabled(nv: Any, handle: Any) -> bool:
+    try:
+        current, _pending = nv.nvmlDeviceGetMigMode(handle)
+    except Exception:  # noqa: BLE001 - NOT_SUPPORTED / old driver: not a MIG GPU
+        return False
+    return bool(current == _MIG_ENABLE)
+
+
+def _describe(exc: BaseException) -> str:
+    code = _code_of(exc)
+    return _code_name(code) if code is not None else repr(exc)
+
+
+def _probe(nv: Any, handle: Any, name: str, *args: object) -> tuple[str, Any]:
+    """Call ``name`` once and classify the answer for :class:`NvmlDeviceInfo.calls`."""
+    try:
+        return "supported", getattr(nv, name)(handle, *args)
+    except Exception as exc:  # noqa: BLE001 - every answer is a finding here
+        code = _code_of(exc)
+        if code in (_NOT_FOUND, _SUCCESS):
+            return "supported", None  # supported, just nothing buffered right now
+        if code == _NOT_SUPPORTED:
+            return "not supported", None
+        if code == _FUNCTION_NOT_FOUND:
+            return "missing", None
+        return f"error: {_describe(exc)}", None
+
+
+def _period_from(timestamps_us: Sequence[int], minimum: int) -> float | None:
+    diffs = [b - a for a, b in itertools.pairwise(timestamps_us) if b > a]
+    if len(diffs) < minimum:
+        return None
+    period = statistics.median(diffs) / 1e6
+    return period if _MIN_PERIOD <= period <= _MAX_PERIOD * 1.05 else None
+
+
+def list_devices() -> tuple[NvmlDeviceInfo, ...]:
+    """List the GPUs NVML sees and which of gputime's NVML calls each supports.
+
+    Returns:
+        One entry per GPU, in NVML index order.
+
+    Raises:
+        BackendUnavailable: NVML cannot start; the message says what is missing.
+    """
+    nv = _load_pynvml()
+    try:
+        _RUNTIME.acquire(nv)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    try:
+        gpus = _enumerate(nv)
+        return tuple(_report(nv, gpu) for gpu in gpus)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    finally:
+        _RUNTIME.release(nv)
+
+
+def _report(nv: Any, gpu: _Gpu) -> NvmlDeviceInfo:
+    if gpu.error is not None:
+        return NvmlDeviceInfo(gpu.index, gpu.uuid, gpu.name, error=gpu.error)
+    calls: dict[str, str] = {}
+    state, answer = _probe(nv, gpu.handle, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
+    calls["nvmlDeviceGetSamples"] = state
+    period = None
+    if answer is not None:
+        period = _period_from(sorted(int(s.timeStamp) for s in answer[1] if s.timeStamp), 1)
+    calls["nvmlDeviceGetUtilizationRates"] = _probe(
+        nv, gpu.handle, "nvmlDeviceGetUtilizationRates"
+    )[0]
+    calls[_ENERGY_CALL] = _probe(nv, gpu.handle, _ENERGY_CALL)[0]
+    for call in _PROCESS_CALLS:
+        calls[call] = _probe(nv, gpu.handle, call, 0)[0]
+    return NvmlDeviceInfo(gpu.index, gpu.uuid, gpu.name, gpu.mig, period, calls)
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class NvmlBackend:
+    """Measures NVIDIA GPUs through NVML (``backend="nvml"``; ``"auto"`` tries it first).
+
+    Args:
+        child_pids: For ``attribution="process"``: further process ids whose
+            utilisation counts as this process's (the children of
+            ``gputime run``), or a callable returning the current set.
+        wall_clock_ns: The wall clock NVML stamps its samples with; tests
+            replace it to stay consistent with a fake tracker clock.
+
+    Raises:
+        BackendUnavailable: The bindings, the NVML library or the driver is
+            missing, or NVML sees no GPU; the message says which.
+    """
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        *,
+        child_pids: Collection[int] | Callable[[], Iterable[int]] = (),
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._nv = _load_pynvml()
+        self._child_pids = child_pids
+        self._wall_clock_ns = wall_clock_ns
+        try:
+            _RUNTIME.ensure(self._nv)
+            self._generation = _RUNTIME.generation
+            self._gpus = _enumerate(self._nv)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        if not self._gpus:
+            raise BackendUnavailable("NVML is running but reports no GPU")
+
+    def __repr__(self) -> str:
+        return f"NvmlBackend(gpus={[gpu.uuid for gpu in self._gpus]!r})"
+
+    def open(
+        self,
+        *,
+        clock: Clock,
+        devices: Sequence[DeviceSelector] | None,
+        attribution: Attribution,
+    ) -> _NvmlSession:
+        """Bind to ``clock`` and the selected devices.
+
+        Raises:
+            ValueError: A device does not exist or is named twice, or
+                ``attribution="process"`` where the driver has no per-process
+                samples for a selected device.
+            BackendUnavailable: NVML could not be initialised again.
+        """
+        if attribution not in ("device", "split", "process"):
+            raise ValueError(f"attribution={attribution!r}: unknown attribution")
+        nv = self._nv
+        try:
+            _RUNTIME.acquire(nv)
+            if _RUNTIME.generation != self._generation:
+                self._generation = _RUNTIME.generation
+                self._gpus = _enumerate(nv)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        try:
+            chosen = self._visible() if devices is None else [self._select(s) for s in devices]
+            ids = [target.id for target in chosen]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"devices={list(devices or ())!r}: a device is named twice")
+            return _NvmlSession(self, chosen, clock, attribution)
+        except BaseException:
+            _RUNTIME.release(nv)
+            raise
+
+    # -- device selection
+
+    def _visible(self) -> list[_Target]:
+        """The devices this process may use: ``CUDA_VISIBLE_DEVICES``, else all."""
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        usable = [gpu for gpu in self._gpus if gpu.error is None]
+        if env is None:
+            return [_Target.of_gpu(gpu) for gpu in usable]
+        chosen: list[_Target] = []
+        for entry in (part.strip() for part in env.split(",")):
+            # CUDA stops at the first entry it cannot resolve.
+            target = self._resolve(entry)
+            if target is None:
+                break
+            if all(target.id != seen.id for seen in chosen):
+                chosen.append(target)
+        if not chosen:
+            _log_once(
+                "cvd-empty",
+                logging.WARNING,
+                "gputime: CUDA_VISIBLE_DEVICES=%r leaves no GPU visible; GPU figures are "
+                "'unavailable'",
+                env,
+            )
+        elif any(e.strip().isdigit() for e in env.split(",")) and self._order_may_differ():
+            _log_once(
+                "cvd-order",
+                logging.WARNING,
+                "gputime: CUDA_VISIBLE_DEVICES=%r uses indices and this machine has different GPU "
+                "models: CUDA's default order (fastest first) may differ from NVML's; set "
+                "CUDA_DEVICE_ORDER=PCI_BUS_ID or use GPU UUIDs",
+                env,
+            )
+        return chosen
+
+    def _order_may_differ(self) -> bool:
+        if os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
+            return False
+        return len({gpu.name for gpu in self._gpus}) > 1
+
+    def _select(self, selector: DeviceSelector) -> _Target:
+        if isinstance(selector, bool) or not isinstance(selector, (int, str)):
+            raise ValueError(f"devices: {selector!r} is not a device index or UUID")
+        if isinstance(selector, int) and not 0 <= selector < len(self._gpus):
+            raise ValueError(self._no_such(selector))
+        for gpu in self._gpus:
+            if gpu.error is not None and selector in (gpu.index, str(gpu.index)):
+                raise ValueError(f"devices: GPU {selector!r} cannot be used: {gpu.error}")
+        target = self._resolve(str(selector).strip())
+        if target is None:
+            raise ValueError(self._no_such(selector))
+        return target
+
+    def _no_such(self, selector: DeviceSelector) -> str:
+        known = ", ".join(f"{gpu.index}={gpu.uuid}" for gpu in self._gpus)
+        return f"devices: no GPU {selector!r} (NVML sees {known})"
+
+    def _resolve(self, entry: str) -> _Target | None:
+        """One device by NVML index, UUID, unique UUID prefix or MIG id; None if none."""
+        usable = [gpu for gpu in self._gpus if gpu.error is None]
+        if entry.isdigit():
+            index = int(entry)
+            return next((_Target.of_gpu(g) for g in usable if g.index == index), None)
+        if entry.upper().startswith("GPU-"):
+            matches = [g for g in usable if g.uuid.lower().startswith(entry.lower())]
+            return _Target.of_gpu(matches[0]) if len(matches) == 1 else None
+        if entry.upper().startswith("MIG-"):
+            return self._resolve_mig(entry, usable)
+        return None
+
+    def _resolve_mig(self, entry: str, usable: list[_Gpu]) -> _Target | None:
+        nv = self._nv
+        legacy = re.fullmatch(r"MIG-(GPU-[^/]+)/\d+/\d+", entry, flags=re.IGNORECASE)
+        if legacy:
+            # Drivers before R470 name MIG instances by their parent GPU.
+            parent = next((g for g in usable if g.uuid.lower() == legacy[1].lower()), None)
+            return None if parent is None else _Target.of_mig(parent, entry, entry, parent.handle)
+        try:
+            handle = nv.nvmlDeviceGetHandleByUUID(entry)
+            parent_uuid = str(
+                nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle))
+            )
+        except Exception:  # noqa: BLE001 - an identifier NVML does not know is not visible
+            return None
+        parent = next((g for g in usable if g.uuid == parent_uuid), None)
+        return None if parent is None else _Target.of_mig(parent, entry, entry, handle)
+
+    # -- used by sessions
+
+    def _pids(self) -> frozenset[int]:
+        extra = self._child_pids() if callable(self._child_pids) else self._child_pids
+        return frozenset((os.getpid(), *extra))
+
+
+@dataclass(slots=True)
+class _Target:
+    """A selected device: a whole GPU, or one MIG instance of one."""
+
+    id: str
+    gpu: _Gpu
+    lookup: str
+    handle: Any
+    mig: bool
+
+    @classmethod
+    def of_gpu(cls, gpu: _Gpu) -> _Target:
+        return cls(gpu.uuid, gpu, gpu.uuid, gpu.handle, gpu.mig)
+
+    @classmethod
+    def of_mig(cls, gpu: _Gpu, ident: str, lookup: str, handle: Any) -> _Target:
+        lookup = gpu.uuid if lookup.upper().startswith("MIG-GPU-") else lookup
+        return cls(ident, gpu, lookup, handle, True)
+
+
+def in_initial_pid_namespace(link: str = _PID_NAMESPACE) -> bool | None:
+    """Whether this process sees the host's process ids (``None``: cannot tell).
+
+    NVML reports host process ids; inside a container with its own PID
+    namespace they do not match ``os.getpid()``.
+    """
+    try:
+        return os.readlink(link) == _INIT_PID_NS
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- session
+
+
+class _Device:
+    """Per-device read state of one session."""
+
+    __slots__ = (
+        "dead",
+        "energy_base",
+        "energy_ok",
+        "handle",
+        "info",
+        "lock",
+        "lookup",
+        "newest_end",
+        "period",
+        "process_call",
+        "rates_ok",
+        "samples_ok",
+        "utilization",
+    )
+
+    def __init__(self, target: _Target) -> None:
+        self.info = DeviceInfo(
+            id=target.id,
+            name=target.gpu.name,
+            index=target.gpu.index,
+            details={"uuid": target.gpu.uuid, "mig": target.mig},
+        )
+        self.lookup = target.lookup
+        self.handle: Any = target.handle
+        self.utilization = not target.mig
+        self.samples_ok = True
+        self.rates_ok = True
+        self.energy_ok = not target.mig
+        self.process_call: str | None = None
+        self.period: float | None = None
+        self.newest_end: float | None = None
+        self.energy_base: tuple[float, int] | None = None
+        self.dead: NvmlDeviceLostError | None = None
+        self.lock = threading.Lock()
+
+
+class _NvmlSession:
+    """A :class:`NvmlBackend` opened for one tracker."""
+
+    def __init__(
+        self,
+        backend: NvmlBackend,
+        targets: list[_Target],
+        clock: Clock,
+        attribution: Attribution,
+    ) -> None:
+        self._backend = backend
+        self._nv = backend._nv
+        self._clock = clock
+        self._process = attribution == "process"
+        self._state = threading.Condition(threading.Lock())
+        self._reopen_lock = threading.Lock()
+        self._inflight = 0
+        self._closed = False
+        self._acquired = True
+        self._pid = os.getpid()
+        self._generation = _RUNTIME.generation
+        self._map = _ClockMap(clock, backend._wall_clock_ns)
+        self._devs = [_Device(target) for target in targets]
+        for dev in self._devs:
+            self._probe(dev)
+        if self._process:
+            self._check_process_support()
+        self.devices: Sequence[DeviceInfo] = tuple(dev.info for dev in self._devs)
+        self.measures_utilization = any(dev.utilization for dev in self._devs)
+        self.measures_energy = bool(self._devs) and all(dev.energy_ok for dev in self._devs)
+        if not self.measures_energy:
+            for dev in self._devs:
+                dev.energy_ok = False
+        for dev in self._devs:
+            dev.info.details.update(utilization=dev.utilization, energy=dev.energy_ok)
+        self._warn_unmeasurable()
+
+    # -- Session protocol
+
+    @property
+    def sample_period(self) -> float:
+        periods = [dev.period for dev in self._devs if dev.period is not None]
+        return max(periods) if periods else _DEFAULT_PERIOD
+
+    def read(self, device: int, since: float) -> Reading:
+        """Read one device's samples newer than ``since`` (tracker seconds).
+
+        Raises:
+            IndexError: No such device in this session.
+            NvmlError: An NVML call failed (``NvmlDeviceLostError`` once the GPU is gone).
+            NvmlUnavailableError: The device has no utilisation figure (MIG).
+            RuntimeError: The session is closed.
+        """
+        dev = self._devs[device]
+        with self._state:
+            if self._closed:
+                raise RuntimeError("gputime: the NVML session is closed")
+            self._inflight += 1
+        try:
+            self._ensure_current()
+            return self._read(dev, since)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._state.notify_all()
+
+    def close(self) -> None:
+        """Release NVML once no read is inside it any more (idempotent)."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            # Shutting NVML down under a thread that is inside it can crash.
+            if not self._state.wait_for(lambda: not self._inflight, timeout=_CLOSE_WAIT):
+                _log_once(
+                    "close-timeout",
+                    logging.WARNING,
+                    "gputime: an NVML read did not return within %.0f s; NVML is left running",
+                    _CLOSE_WAIT,
+                )
+                return
+        if self._acquired and self._pid == os.getpid():
+            self._acquired = False
+            _RUNTIME.release(self._nv)
+
+    def after_fork(self) -> None:
+        """Forget the parent's NVML state; the first read initialises again."""
+        self._state = threading.Condition(threading.Lock())
+        self._reopen_lock = threading.Lock()
+        self._inflight = 0
+        self._map._lock = threading.Lock()
+        for dev in self._devs:
+            dev.lock = threading.Lock()
+
+    # -- lifecycle helpers
+
+    def _ensure_current(self) -> None:
+        if self._pid == os.getpid() and self._generation == _RUNTIME.generation:
+            return
+        with self._reopen_lock:
+            pid = os.getpid()
+            if self._pid != pid:
+                self._pid = pid
+                self._acquired = False
+                for dev in self._devs:
+                    dev.newest_end = None
+                    dev.energy_base = None
+            try:
+                if not self._acquired:
+                    _RUNTIME.acquire(self._nv)
+                    self._acquired = True
+            except Exception as exc:
+                raise NvmlError("nvmlInit", _code_of(exc), None, repr(exc)) from exc
+            if self._generation != _RUNTIME.generation:
+                self._relookup()
+
+    def _recover(self, seen: int) -> None:
+        """NVML said UNINITIALIZED: initialise once more and look handles up again."""
+        with self._reopen_lock:
+            try:
+                _RUNTIME.reinit(self._nv, seen)
+            except Exception as exc:
+                raise NvmlError("nvmlInit", _code_of(exc), None, repr(exc)) from exc
+            if self._generation != _RUNTIME.generation:
+                self._relookup()
+
+    def _relookup(self) -> None:
+        for dev in self._devs:
+            if dev.dead is not None:
+                continue
+            try:
+                dev.handle = self._nv.nvmlDeviceGetHandleByUUID(dev.lookup)
+            except Exception as exc:
+                code = _code_of(exc)
+                if code in (_GPU_IS_LOST, _RESET_REQUIRED, _NOT_FOUND):
+                    dev.dead = NvmlDeviceLostError("nvmlDeviceGetHandleByUUID", code, dev.info.id)
+                    continue
+                raise NvmlError("nvmlDeviceGetHandleByUUID", code, dev.info.id, repr(exc)) from exc
+        self._generation = _RUNTIME.generation
+
+    def _call(self, dev: _Device, name: str, *args: object) -> Any:
+        """Call ``pynvml.<name>(handle, *args)`` with the error rules applied.
+
+        Raises:
+            NvmlDeviceLostError: The GPU is lost or needs a reset (also every later call).
+            NvmlError: Any other failure, including the routine NOT_FOUND and
+                NOT_SUPPORTED, which callers handle by ``code``.
+        """
+        for attempt in (0, 1):
+            if dev.dead is not None:
+                # A fresh exception each time: re-raising one object grows its traceback.
+                raise NvmlDeviceLostError(dev.dead.call, dev.dead.code, dev.dead.device)
+            seen = _RUNTIME.generation
+            try:
+                return getattr(self._nv, name)(dev.handle, *args)
+            except Exception as exc:
+                code = _code_of(exc)
+                if code == _UNINITIALIZED and attempt == 0:
+                    self._recover(seen)
+                    continue
+                if code in (_GPU_IS_LOST, _RESET_REQUIRED):
+                    dev.dead = NvmlDeviceLostError(name, code, dev.info.id)
+                    _log_once(
+                        f"lost {dev.info.id}",
+                        logging.WARNING,
+                        "gputime: %s: GPU figures for it are 'partial' from now on",
+                        dev.dead,
+                    )
+                    raise dev.dead from exc
+                raise NvmlError(name, code, dev.info.id, repr(exc)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- probing at open
+
+    def _probe(self, dev: _Device) -> None:
+        # Probe failures (a lost GPU included) are logged; reads will report them.
+        if dev.utilization:
+            self._probe_utilization(dev)
+        if dev.utilization and dev.energy_ok:
+            self._probe_energy(dev)
+
+    def _probe_utilization(self, dev: _Device) -> None:
+        try:
+            _type, rows = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
+            dev.period = _period_from(sorted(int(r.timeStamp) for r in rows if r.timeStamp), 1)
+            return
+        except NvmlError as exc:
+            if exc.code == _NOT_FOUND:
+                return
+            if exc.code not in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                self._log_error(exc)
+                return
+        dev.samples_ok = False
+        try:
+            self._call(dev, "nvmlDeviceGetUtilizationRates")
+        except NvmlError as exc:
+            if exc.code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                dev.rates_ok = False
+                dev.utilization = False
+                dev.energy_ok = False
+            else:
+                self._log_error(exc)
+
+    def _probe_energy(self, dev: _Device) -> None:
+        try:
+            energy = int(self._call(dev, _ENERGY_CALL))
+        except NvmlError as exc:
+            if exc.code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                dev.energy_ok = False
+            else:
+                self._log_error(exc)
+            return
+        dev.energy_base = (self._clock(), energy)
+
+    def _check_process_support(self) -> None:
+        for dev in self._devs:
+            if not dev.utilization:
+                raise ValueError(
+                    f"attribution='process': NVML has no per-process utilisation for "
+                    f"{dev.info.id} ({'MIG mode' if dev.info.details['mig'] else 'unsupported'})"
+                )
+            for call in _PROCESS_CALLS:
+                try:
+                    self._call(dev, call, 0)
+                except NvmlDeviceLostError:
+                    pass
+                except NvmlError as exc:
+                    if exc.code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                        continue
+                dev.process_call = call
+                break
+            if dev.process_call is None:
+                raise ValueError(
+                    f"attribution='process': the driver has no per-process utilisation for "
+                    f"{dev.info.id} ({dev.info.name}); use 'device' or 'split'"
+                )
+        if in_initial_pid_namespace(_PID_NAMESPACE) is False:
+            _log_once(
+                "pidns",
+                logging.WARNING,
+                "gputime: attribution='process' inside a PID namespace (a container?): NVML "
+                "reports host process ids, which may not match this process's; run the "
+                "container with the host PID namespace if this process's figures stay 0",
+            )
+
+    def _warn_unmeasurable(self) -> None:
+        mig = [d.info.id for d in self._devs if not d.utilization and d.info.details["mig"]]
+        other = [d.info.id for d in self._devs if not d.utilization and not d.info.details["mig"]]
+        if mig:
+            _log_once(
+                "mig " + ",".join(mig),
+                logging.WARNING,
+                "gputime: %s in MIG mode: NVML reports no utilisation for MIG devices, so "
+                "their GPU figures are 'unavailable' (not 0)",
+                ", ".join(mig),
+            )
+        if other:
+            _log_once(
+                "noutil " + ",".join(other),
+                logging.WARNING,
+                "gputime: %s: the driver supports neither utilisation samples nor "
+                "utilisation rates; GPU figures are 'unavailable'",
+                ", ".join(other),
+            )
+
+    def _log_error(self, exc: NvmlError) -> None:
+        _log_once(
+            f"{exc.call}:{exc.code}",
+            logging.WARNING,
+            "gputime: %s; that stretch counts nothing",
+            exc,
+        )
+
+    # -- reading
+
+    def _read(self, dev: _Device, since: float) -> Reading:
+        if not dev.utilization:
+            raise NvmlUnavailableError(
+                f"gputime: {dev.info.id} has no utilisation figure "
+                f"({'MIG mode' if dev.info.details['mig'] else 'not supported by the driver'})"
+            )
+        now = self._clock()
+        self._map.refresh(now)
+        if self._process:
+            utilization, source = self._read_processes(dev, since, now)
+        elif dev.samples_ok:
+            utilization, source = self._read_samples(dev, since, now)
+        else:
+            utilization, source = self._read_rates(dev, now), "utilization-rates"
+        power = self._read_power(dev) if dev.energy_ok else ()
+        return Reading(utilization=utilization, power=power, source=source)
+
+    def _period(self, dev: _Device) -> float:
+        return dev.period if dev.period is not None else _DEFAULT_PERIOD
+
+    def _stale(self, dev: _Device, since: float, now: float) -> bool:
+        """No sample for over two periods: the driver stopped sampling (an idle GPU)."""
+        newest = since if dev.newest_end is None else max(since, dev.newest_end)
+        period = dev.period if dev.period is not None else _MAX_PERIOD
+        return now - newest > 2 * period + _SLACK
+
+    def _idle_claim(self, dev: _Device, now: float) -> Sample:
+        """Idle up to where a sample the driver may still produce could begin."""
+        period = dev.period if dev.period is not None else _MAX_PERIOD
+        return (now - period - _SLACK, 0.0)
+
+    def _read_samples(self, dev: _Device, since: float, now: float) -> tuple[list[Sample], str]:
+        last_seen = max(0, self._map.to_wall_us(since) - _LOOKBACK_US)
+        try:
+            value_type, raw = self._call(
+                dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, last_seen
+            )
+        except NvmlError as exc:
+            if exc.code == _NOT_SUPPORTED:
+                dev.samples_ok = False
+                _log_once(
+                    f"nosamples {dev.info.id}",
+                    logging.INFO,
+                    "gputime: %s has no utilisation sample buffer; using utilisation rates",
+                    dev.info.id,
+                )
+                return self._read_rates(dev, now), "utilization-rates"
+            if exc.code != _NOT_FOUND:
+                raise
+            value_type, raw = 1, ()
+        rows = self._clean(
+            ((int(r.timeStamp), _sample_value(value_type, r.sampleValue)) for r in raw),
+            last_seen,
+            now,
+            dev,
+        )
+        # The lookback may bring back the sample ending at ``since``: leave it out.
+        samples: list[Sample] = [
+            (end, value)
+            for end, value in ((self._map.to_tracker(ts), v) for ts, v in rows)
+            if end > since + _RESOLUTION
+        ]
+        if not samples:
+            if self._stale(dev, since, now):
+                if dev.rates_ok:
+                    rates = self._read_rates(dev, now)
+                    if dev.rates_ok:
+                        return rates, "utilization-rates"
+                return [self._idle_claim(dev, now)], "samples"
+            return [], "samples"
+        period = self._period(dev)
+        start = samples[0][0] - period
+        if start - since > period / 2 + _SLACK:
+            # Nothing between ``since`` and the first new sample: either the driver
+            # did not sample (an idle GPU) or its ring buffer overran (lost).
+            samples.insert(0, (start, 0.0 if self._buffer_reaches(dev, last_seen) else None))
+        self._note_newest(dev, samples[-1][0])
+        return samples, "samples"
+
+    def _buffer_reaches(self, dev: _Device, last_seen: int) -> bool:
+        """Whether the driver still holds samples from before ``last_seen`` (no overrun)."""
+        try:
+            _type, rows = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
+        except NvmlError as exc:
+            if isinstance(exc, NvmlDeviceLostError):
+                raise
+            return False  # cannot tell: count the stretch as lost, never as idle
+        return any(0 < int(r.timeStamp) <= last_seen for r in rows)
+
+    def _clean(
+        self, rows: Iterable[tuple[int, float | None]], last_seen: int, now: float, dev: _Device
+    ) -> list[tuple[int, float]]:
+        """Drop garbage rows, sort, de-duplicate (the last row of a timestamp wins)."""
+        horizon = self._map.to_wall_us(now + _FUTURE_SLACK)
+        kept: dict[int, float] = {}
+        dropped = 0
+        for ts, value in rows:
+            if ts <= 0 or ts > horizon or value is None or not 0 <= value <= 100:
+                dropped += 1
+            elif ts > last_seen:
+                kept[ts] = value
+        if dropped:
+            _log_once(
+                f"garbage {dev.info.id}",
+                logging.DEBUG,
+                "gputime: dropped %d malformed NVML sample(s) from %s",
+                dropped,
+                dev.info.id,
+            )
+        ordered = sorted(kept.items())
+        period = _period_from([ts for ts, _ in ordered], 3)
+        if period is not None:
+            dev.period = period
+        return ordered
+
+    def _note_newest(self, dev: _Device, end: float) -> None:
+        with dev.lock:
+            if dev.newest_end is None or end > dev.newest_end:
+                dev.newest_end = end
+
+    def _read_rates(self, dev: _Device, now: float) -> list[Sample]:
+        try:
+            value = int(self._call(dev, "nvmlDeviceGetUtilizationRates").gpu)
+        except NvmlError as exc:
+            if exc.code not in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                raise
+            dev.rates_ok = False
+            if dev.samples_ok:
+                return []
+            dev.utilization = False
+            dev.info.details["utilization"] = False
+            raise NvmlUnavailableError(
+                f"gputime: {dev.info.id}: the driver supports neither utilisation samples "
+                "nor utilisation rates"
+            ) from exc
+        if not 0 <= value <= 100:
+            raise NvmlError("nvmlDeviceGetUtilizationRates", None, dev.info.id, f"{value}%")
+        self._note_newest(dev, now)
+        return [(now, float(value))]
+
+    def _read_processes(self, dev: _Device, since: float, now: float) -> tuple[list[Sample], str]:
+        call = dev.process_call
+        assert call is not None
+        last_seen = max(0, self._map.to_wall_us(since) - _LOOKBACK_US)
+        try:
+            raw = self._call(dev, call, last_seen)
+        except NvmlError as exc:
+            if exc.code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND) and call == _PROCESS_CALLS[0]:
+                dev.process_call = _PROCESS_CALLS[1]
+                return self._read_processes(dev, since, now)
+            if exc.code not in (_NOT_FOUND, _SUCCESS):
+                raise
+            raw = ()
+        ours = self._backend._pids()
+        horizon = self._map.to_wall_us(now + _FUTURE_SLACK)
+        totals: dict[int, float] = {}
+        for row in raw:
+            ts, pid, sm = int(row.timeStamp), int(row.pid), int(row.smUtil)
+            if ts <= last_seen or ts > horizon or pid == 0 or sm > 100:
+                continue  # garbage, or older than asked for
+            totals[ts] = min(100.0, totals.get(ts, 0.0) + (sm if pid in ours else 0))
+        source = "process-utilization-info" if call == _PROCESS_CALLS[0] else "process-utilization"
+        samples: list[Sample] = [
+            (end, value)
+            for end, value in ((self._map.to_tracker(ts), v) for ts, v in sorted(totals.items()))
+            if end > since + _RESOLUTION
+        ]
+        if not samples:
+            if self._stale(dev, since, now):
+                # No process had samples for over two periods: none used the GPU.
+                return [self._idle_claim(dev, now)], source
+            return [], source
+        period = self._period(dev)
+        start = samples[0][0] - period
+        if start - since > period / 2 + _SLACK:
+            samples.insert(0, (start, 0.0))
+        self._note_newest(dev, samples[-1][0])
+        return samples, source
+
+    def _read_power(self, dev: _Device) -> list[Sample]:
+        try:
+            energy = int(self._call(dev, _ENERGY_CALL))
+        except NvmlDeviceLostError:
+            raise
+        except NvmlError as exc:
+            # The counter is cumulative: the next good read covers this stretch too.
+            self._log_error(exc)
+            return []
+        at = self._clock()
+        with dev.lock:
+            base = dev.energy_base
+            if base is None or at <= base[0]:
+                if base is None:
+                    dev.energy_base = (at, energy)
+                return []
+            elapsed = at - base[0]
+            if energy < base[1]:
+                dev.energy_base = (at, energy)  # counter restarted (driver reload)
+                return [(at, None)]
+            if energy == base[1]:
+                if elapsed < _ENERGY_STALL:
+                    # The counter updates every ~100 ms: wait for it rather than
+                    # report 0 for a stretch shorter than its update period.
+                    return []
+                dev.energy_base = (at, energy)
+                return [(at, None)]
+            dev.energy_base = (at, energy)
+        return [(at, (energy - base[1]) / elapsed)]  # mJ / s = mW
+
+
+def _sample_value(value_type: int, value: Any) -> float | None:
+    """The number in an ``nvmlValue_t`` union, by the value type NVML reported."""
+    fields = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+    name = fields.get(value_type)
+    return None if name is None else float(getattr(value, name))
