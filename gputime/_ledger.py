@@ -21,7 +21,7 @@ import threading
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from gputime._backends import Attribution, Reading
 
@@ -35,6 +35,10 @@ _BUSY, _UTIL, _ENERGY = 0, 1, 2
 # Window edges and sample ends come from float arithmetic; stretches shorter
 # than this are rounding noise, not missing data.
 _EPS = 1e-9
+
+# Task exits tidy up (histories, settled services, breakpoints) every this many
+# exits; sampler ticks and polls tidy up every time.
+_FORGET_EVERY = 32
 
 # Histories and breakpoint lists are pruned when they reach this length, then
 # again at twice what was left: amortised O(1) per sample however long a task runs.
@@ -69,8 +73,7 @@ class ServiceStats:
     coverage: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
+class Figures(NamedTuple):
     """GPU figures of one task: live while it runs, final once it ended."""
 
     gpu_ms: float
@@ -78,6 +81,10 @@ class Figures:
     energy_mj: float | None
     status: Status
     coverage: float
+
+
+#: The figures of every task where no GPU figure can exist (the ``none`` backend).
+_UNAVAILABLE = Figures(0.0, 0.0, None, "unavailable", 0.0)
 
 
 class _Channel:
@@ -98,6 +105,7 @@ class _Channel:
         "last_end",
         "last_value",
         "prune_at",
+        "since",
     )
 
     def __init__(self, is_power: bool) -> None:
@@ -108,22 +116,40 @@ class _Channel:
         self.history: list[tuple[float, float, float | None]] = []
         self.history_ends: list[float] = []
         self.prune_at = _PRUNE_MIN
+        #: What the next read asks from; kept current under the lock so that
+        #: the read path can use it without taking the lock.
+        self.since = -math.inf
+
+    def update_since(self, period: float) -> None:
+        horizon = self.horizon
+        if horizon is None:
+            return
+        last_end = self.last_end
+        lookback = horizon - 2 * period
+        if last_end is None:
+            self.since = lookback
+        elif last_end < horizon:
+            # The horizon jumped to "now" when the first task after idle began:
+            # samples ending between the newest one read and now are not
+            # credited, but the newest of them is the value a short task's tail
+            # takes. Ask from just after what was read (two periods back at most).
+            self.since = max(last_end, lookback)
+        else:
+            self.since = horizon
 
 
 class _Service:
     """One service's counts, totals and activity breakpoints.
 
-    The breakpoints are parallel lists: at ``bp_t[i]`` the totals were
-    ``bp_a[i]``, ``bp_w[i]`` and from there ``W`` grows at ``bp_rate[i]`` (and
-    ``A`` at 1 whenever that rate is above 0).
+    Breakpoint ``i`` says: at time ``bp_t[i]`` the running totals were
+    ``bps[i] = (A, W, rate)``, and from there ``W`` grows at ``rate`` (and
+    ``A`` at 1 whenever ``rate`` is above 0). ``bp_t`` is kept apart for bisect.
     """
 
     __slots__ = (
         "active",
-        "bp_a",
-        "bp_rate",
         "bp_t",
-        "bp_w",
+        "bps",
         "covered",
         "floor",
         "last_close",
@@ -142,9 +168,7 @@ class _Service:
         self.task_count = 0
         self.running: set[TaskRecord] = set()
         self.bp_t: list[float] = []
-        self.bp_a: list[float] = []
-        self.bp_w: list[float] = []
-        self.bp_rate: list[float] = []
+        self.bps: list[tuple[float, float, float]] = []
         self.floor = -math.inf
         self.last_close = -math.inf
         self.totals = [0.0, 0.0, 0.0]
@@ -160,29 +184,47 @@ class _Service:
             return 0.0, 0.0
         i = bisect_right(bp_t, t) - 1
         if i < 0:
-            return self.bp_a[0], self.bp_w[0]
-        rate = self.bp_rate[i]
+            i = 0
+            t = bp_t[0]
+        a, w, rate = self.bps[i]
         if rate == 0.0:
-            return self.bp_a[i], self.bp_w[i]
+            return a, w
         dt = t - bp_t[i]
-        return self.bp_a[i] + dt, self.bp_w[i] + rate * dt
+        return a + dt, w + rate * dt
 
     def set_rate(self, t: float, rate: float) -> None:
-        if self.bp_t and self.bp_t[-1] >= t:
-            # Same instant as the last change: only the rate from here on changes.
-            self.bp_rate[-1] = rate
+        """From ``t`` on, ``W`` grows at ``rate`` (``t`` is never before the last breakpoint)."""
+        bp_t = self.bp_t
+        if not bp_t:
+            bp_t.append(t)
+            self.bps.append((0.0, 0.0, rate))
             return
-        a, w = self.at(t)
-        self.bp_t.append(t)
-        self.bp_a.append(a)
-        self.bp_w.append(w)
-        self.bp_rate.append(rate)
+        last_t = bp_t[-1]
+        a, w, last_rate = self.bps[-1]
+        if last_t >= t:
+            # Same instant as the last change: only the rate from here on changes.
+            self.bps[-1] = (a, w, rate)
+            return
+        if last_rate:
+            dt = t - last_t
+            a, w = a + dt, w + last_rate * dt
+        bp_t.append(t)
+        self.bps.append((a, w, rate))
+
+    def weight(self, lo: float, hi: float) -> float:
+        """``W(hi) - W(lo)``."""
+        return self.at(hi)[1] - self.at(lo)[1]
 
     def forget_before(self, t: float) -> None:
         """Drop breakpoints no query at or after ``t`` needs."""
         i = bisect_right(self.bp_t, t) - 1
         if i > 0:
-            del self.bp_t[:i], self.bp_a[:i], self.bp_w[:i], self.bp_rate[:i]
+            del self.bp_t[:i], self.bps[:i]
+
+    def forget_all(self) -> None:
+        """The service's windows are settled: no query needs any breakpoint."""
+        self.bp_t.clear()
+        self.bps.clear()
 
     def worsen(self, status: Status) -> None:
         if _STATUS_RANK[status] > _STATUS_RANK[self.status]:
@@ -190,26 +232,35 @@ class _Service:
 
 
 class TaskRecord:
-    """The ledger's side of one running or finished task."""
+    """The ledger's side of one running or finished task.
+
+    :class:`gputime.TaskHandle` extends it, so each task is one object.
+    """
 
     __slots__ = (
+        "_failed",
+        "_final",
+        "_generation",
+        "_svc",
         "concurrency",
-        "end",
-        "failed",
-        "figures",
-        "generation",
-        "service",
-        "start",
+        "end_time",
+        "start_time",
     )
 
-    def __init__(self, service: _Service, start: float, concurrency: int, generation: int) -> None:
-        self.service = service
-        self.start = start
-        self.end: float | None = None
-        self.concurrency = concurrency
-        self.generation = generation
-        self.failed = False
-        self.figures: Figures | None = None
+    _svc: _Service
+    _generation: int
+    #: Running tasks of this service when this one began, itself included.
+    concurrency: int
+    #: Tracker clock when the task began.
+    start_time: float
+
+    def __init__(self) -> None:
+        #: Tracker clock when the task ended; ``None`` while it runs.
+        self.end_time: float | None = None
+        self._failed = False
+        # Plain tuple in Figures' field order: building a named tuple costs
+        # several times more, and every task exit makes one.
+        self._final: tuple[float, float, float | None, Status, float] | None = None
 
 
 #: A device read as the ledger receives it: a reading, or the exception it raised.
@@ -225,6 +276,8 @@ class Ledger:
             (every status then reads ``unavailable``).
         measures_energy: True when readings carry power samples.
         sample_period: The driver's sample period, in seconds.
+        sample_jitter: How much earlier than one period after the newest sample
+            the next one may appear; task exits skip the read before that.
         attribution: ``"device"``, ``"split"`` or ``"process"`` (which the
             ledger treats like ``"device"``: the backend already filtered).
         threshold: Samples at or below this percent count as idle.
@@ -238,6 +291,7 @@ class Ledger:
         measures_utilization: bool,
         measures_energy: bool,
         sample_period: float,
+        sample_jitter: float,
         attribution: Attribution,
         threshold: float,
         clock: Callable[[], float],
@@ -253,6 +307,7 @@ class Ledger:
         self._measures = measures_utilization
         self._measures_energy = measures_energy
         self._period = sample_period
+        self._jitter = sample_jitter
         self._split = attribution == "split"
         self._threshold = threshold
         self._base_status: Status = "ok" if measures_utilization else "unavailable"
@@ -264,6 +319,7 @@ class Ledger:
         self._active_tasks = 0
         self._last_close = -math.inf
         self._settle_deadline: float | None = None
+        self._ends_since_forget = 0
         self._util = [_Channel(is_power=False) for _ in range(devices)]
         self._power = [_Channel(is_power=True) for _ in range(devices if measures_energy else 0)]
 
@@ -279,63 +335,106 @@ class Ledger:
         """When the sampler should make its last read after the last task ended."""
         return self._settle_deadline
 
-    def begin(self, service_name: str) -> tuple[TaskRecord, bool]:
-        """Open a task; returns its record and whether it is the first running task."""
+    def begin(self, record: TaskRecord, service_name: str) -> bool:
+        """Open ``record`` as a task of ``service_name``; True if it is the only one running.
+
+        The hot path: one lock acquisition, no allocation but a new service's.
+        """
         with self._lock:
             now = self._clock()
             service = self._services.get(service_name)
             if service is None:
                 service = self._services[service_name] = _Service(service_name, self._base_status)
-            first_overall = self._active_tasks == 0
-            if first_overall:
-                self._wake_channels(now)
+            first_overall = not self._active_tasks
             self._active_tasks += 1
             service.active += 1
-            if service.active == 1:
-                self._open_window(service, now)
-            record = TaskRecord(service, now, service.active, self._generation)
+            record._svc = service
+            record.start_time = now
+            record.concurrency = service.active
+            record._generation = self._generation
             service.running.add(record)
-            return record, first_overall
+            if self._device_count:
+                if first_overall:
+                    self._wake_channels(now)
+                if service.active == 1:
+                    self._active_services.append(service)
+                    self._tracking.add(service)
+                    if self._split:
+                        self._split_rates(now)
+                    else:
+                        service.set_rate(now, 1.0)
+            return first_overall
 
-    def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome]) -> bool:
+    def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None) -> bool:
         """Close a task after its exit read; returns whether no task runs any more.
 
         Args:
-            record: What :meth:`begin` returned.
+            record: What :meth:`begin` opened.
             end: The clock when the task ended, taken before the exit read.
-            reads: One outcome per device, read after ``end``.
+            reads: One outcome per device, read after ``end``; ``None`` when
+                no device needed reading (see :meth:`read_plan`).
         """
         with self._lock:
-            if record.generation != self._generation or record.end is not None:
+            if record._generation != self._generation or record.end_time is not None:
                 # Inherited across fork (the child starts empty), or ended twice.
                 return False
-            service = record.service
-            end = max(end, record.start, service.bp_t[-1] if service.bp_t else end)
-            self._ingest(reads)
-            record.end = end
-            record.figures = self._task_figures(record, end, reads)
+            service = record._svc
             service.running.discard(record)
             service.task_count += 1
             service.active -= 1
             self._active_tasks -= 1
-            if service.active == 0:
-                self._close_window(service, end)
-            last = self._active_tasks == 0
+            last = not self._active_tasks
+            if not self._device_count:
+                record.end_time = max(end, record.start_time)
+                record._final = _UNAVAILABLE
+                return last
+            # Breakpoints are appended in time order; a clock read on another
+            # thread just before ours may have added one a few microseconds later.
+            end = max(end, record.start_time, service.bp_t[-1])
+            record.end_time = end
+            if reads is not None:
+                self._ingest(reads)
+            record._final = self._task_figures(record, end, reads, final=True)
+            if not service.active:
+                self._active_services.remove(service)
+                service.set_rate(end, 0.0)
+                service.last_close = end
+                if self._split:
+                    self._split_rates(end)
             if last:
                 self._last_close = end
                 self._settle_deadline = end + self._period
-            self._forget()
+            self._ends_since_forget += 1
+            if self._ends_since_forget >= _FORGET_EVERY:
+                self._forget()
             return last
 
     # -- sampling --------------------------------------------------------------------
 
-    def read_plan(self) -> list[float]:
+    def read_plan(self, now: float | None = None) -> list[float | None] | None:
         """Per device, the ``since`` to read utilisation from.
+
+        With ``now`` (a task exit), ``None`` for a device whose driver cannot
+        have produced a sample since the newest one read: the newest visible
+        sample is already known, so the read would add nothing; and ``None``
+        instead of the list when that holds for every device.
 
         Deliberately lock-free: it only reads floats, and a stale value merely
         makes the backend return a sample the ledger then skips.
         """
-        return [self._since(channel) for channel in self._util]
+        if now is None:
+            return [channel.since for channel in self._util]
+        due = now + self._jitter - self._period
+        plan: list[float | None] = []
+        needed = False
+        for channel in self._util:
+            last_end = channel.last_end
+            if last_end is not None and last_end > due and channel.since >= last_end:
+                plan.append(None)
+            else:
+                plan.append(channel.since)
+                needed = True
+        return plan if needed else None
 
     def wants_reading(self) -> bool:
         """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
@@ -358,15 +457,17 @@ class Ledger:
 
     def figures(self, record: TaskRecord) -> Figures:
         """A task's figures: final once it ended, else real samples so far."""
-        final = record.figures
+        final = record._final
         if final is not None:
-            return final
+            return Figures(*final)
         with self._lock:
-            if record.figures is not None:
-                return record.figures
-            if record.generation != self._generation:
+            if record._final is not None:
+                return Figures(*record._final)
+            if not self._device_count:
+                return _UNAVAILABLE
+            if record._generation != self._generation:
                 return Figures(0.0, 0.0, None, "partial", 0.0)
-            return self._task_figures(record, None, None)
+            return Figures(*self._task_figures(record, None, None, final=False))
 
     def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:
         """Snapshots of one service (zeros if never seen) or of all of them."""
@@ -411,31 +512,22 @@ class Ledger:
         self._active_tasks = 0
         self._last_close = -math.inf
         self._settle_deadline = None
+        self._ends_since_forget = 0
         self._util = [_Channel(is_power=False) for _ in range(self._device_count)]
         self._power = [_Channel(is_power=True) for _ in self._power]
 
     # -- internals (all called with the lock held) ---------------------------------------
 
-    def _since(self, channel: _Channel) -> float:
-        horizon = channel.horizon
-        lookback = (self._clock() if horizon is None else horizon) - 2 * self._period
-        last_end = channel.last_end
-        if horizon is None or last_end is None:
-            return lookback
-        if last_end < horizon:
-            # The horizon jumped to "now" when the first task after idle began:
-            # samples ending between the newest one read and now are not
-            # credited, but the newest of them is the value a short task's tail
-            # takes. Ask from just after what was read (two periods back at most).
-            return max(last_end, lookback)
-        return horizon
-
     def _settled(self) -> bool:
-        last_close = self._last_close
-        return all(
-            channel.horizon is None or channel.horizon >= last_close - _EPS
-            for channel in (*self._util, *self._power)
-        )
+        """Whether every sample covering the last closed window was credited."""
+        last_close = self._last_close - _EPS
+        for channel in self._util:
+            if channel.horizon is not None and channel.horizon < last_close:
+                return False
+        for channel in self._power:
+            if channel.horizon is not None and channel.horizon < last_close:
+                return False
+        return True
 
     def _wake_channels(self, now: float) -> None:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
@@ -445,34 +537,25 @@ class Ledger:
                     channel.horizon = now
                 channel.history.clear()
                 channel.history_ends.clear()
+                channel.update_since(self._period)
         self._settle_deadline = None
 
-    def _open_window(self, service: _Service, now: float) -> None:
-        self._active_services.append(service)
-        self._tracking.add(service)
-        if self._split:
-            rate = 1.0 / len(self._active_services)
-            for active in self._active_services:
-                active.set_rate(now, rate)
-        else:
-            service.set_rate(now, 1.0)
-
-    def _close_window(self, service: _Service, now: float) -> None:
-        self._active_services.remove(service)
-        service.set_rate(now, 0.0)
-        service.last_close = now
-        if self._split and self._active_services:
-            rate = 1.0 / len(self._active_services)
-            for active in self._active_services:
-                active.set_rate(now, rate)
+    def _split_rates(self, now: float) -> None:
+        """Under ``split``, the active services share each moment equally from ``now`` on."""
+        active = self._active_services
+        if active:
+            rate = 1.0 / len(active)
+            for service in active:
+                service.set_rate(now, rate)
 
     def _ingest(self, reads: Sequence[ReadOutcome]) -> None:
         for device, outcome in enumerate(reads):
             if isinstance(outcome, BaseException):
                 self._read_failed()
                 continue
-            self._ingest_channel(self._util[device], outcome.utilization)
-            if self._power:
+            if outcome.utilization:
+                self._ingest_channel(self._util[device], outcome.utilization)
+            if self._power and outcome.power:
                 self._ingest_channel(self._power[device], outcome.power)
 
     def _read_failed(self) -> None:
@@ -481,7 +564,7 @@ class Ledger:
         for service in self._tracking:
             service.worsen("partial")
             for record in service.running:
-                record.failed = True
+                record._failed = True
 
     def _ingest_channel(
         self, channel: _Channel, samples: Sequence[tuple[float, float | None]]
@@ -500,6 +583,7 @@ class Ledger:
             channel.history_ends.append(end)
             horizon = end
         channel.horizon = horizon
+        channel.update_since(self._period)
 
     def _credit_services(
         self, channel: _Channel, start: float, end: float, value: float | None
@@ -529,81 +613,105 @@ class Ledger:
                 service.totals[_UTIL] += 10.0 * value * weight
 
     def _task_figures(
-        self, record: TaskRecord, end: float | None, reads: Sequence[ReadOutcome] | None
-    ) -> Figures:
-        """Integrate a task's window; with ``end`` and exit ``reads``, final (with tail)."""
-        service = record.service
-        start = record.start
-        totals = [0.0, 0.0, 0.0]
-        covered = missing = 0.0
-        channels: list[tuple[int, _Channel]] = list(enumerate(self._util))
-        channels += list(enumerate(self._power))
-        for device, channel in channels:
-            horizon = channel.horizon if channel.horizon is not None else start
-            upto = horizon if end is None else min(end, horizon)
-            history = channel.history
-            i = bisect_right(channel.history_ends, start)
-            while i < len(history):
-                s0, s1, value = history[i]
-                if s0 >= upto:
-                    break
-                lo, hi = max(s0, start), min(s1, upto)
-                c, m = self._credit_task(channel, service, lo, hi, value, totals)
-                covered += c
-                missing += m
-                i += 1
-            if end is not None and horizon < end:
-                # The tail after the newest visible sample takes that sample's
-                # value, unless the exit read failed (then nothing is guessed).
-                lo = max(start, horizon)
-                ok = reads is not None and not isinstance(reads[device], BaseException)
-                value = channel.last_value if ok else None
-                c, m = self._credit_task(channel, service, lo, end, value, totals)
-                covered += c
-                missing += m
+        self,
+        record: TaskRecord,
+        end: float | None,
+        reads: Sequence[ReadOutcome] | None,
+        *,
+        final: bool,
+    ) -> tuple[float, float, float | None, Status, float]:
+        """Integrate a task's window; ``final``: it ended at ``end``, with the tail.
+
+        ``reads`` are the exit reads (``None``: no device needed one).
+
+        On every task exit: written for speed (locals, one loop per channel).
+        """
+        service = record._svc
+        start = record.start_time
+        split = self._split
+        threshold = self._threshold
+        busy = covered = missing = 0.0
+        weighted = 0.0  # sum of value * weight: util_ms / 10
+        for device, channel in enumerate(self._util):
+            horizon = channel.horizon
+            if horizon is None:
+                horizon = start
+            if channel.history:
+                pieces = self._task_pieces(channel, start, end, reads, device)
+            elif end is not None and horizon < end:
+                # The common short task: no sample inside it yet, only the tail.
+                failed = reads is not None and isinstance(reads[device], BaseException)
+                lo = start if start > horizon else horizon
+                pieces = [(lo, end, None if failed else channel.last_value)]
+            else:
+                continue
+            for lo, hi, value in pieces:
+                if hi <= lo:
+                    continue
+                if value is None:
+                    missing += hi - lo
+                    continue
+                covered += hi - lo
+                if value > threshold:
+                    weight = service.weight(lo, hi) if split else hi - lo
+                    busy += weight
+                    weighted += value * weight
+        energy = 0.0
+        for device, channel in enumerate(self._power):
+            pieces = self._task_pieces(channel, start, end, reads, device)
+            for lo, hi, value in pieces:
+                if hi > lo and value is not None:
+                    energy += value * service.weight(lo, hi)
         if not self._measures:
             status: Status = "unavailable"
             coverage = 0.0
         else:
-            status = "partial" if record.failed or missing > _EPS else "ok"
+            status = "partial" if record._failed or missing > _EPS else "ok"
             seen = covered + missing
             coverage = covered / seen if seen > _EPS else 1.0
-        return Figures(
-            gpu_ms=totals[_BUSY],
-            gpu_util_ms=totals[_UTIL],
-            energy_mj=totals[_ENERGY] if self._measures_energy else None,
-            status=status,
-            coverage=coverage,
+        return (
+            1000.0 * busy,
+            10.0 * weighted,
+            energy if self._measures_energy else None,
+            status,
+            coverage,
         )
 
-    def _credit_task(
-        self,
+    @staticmethod
+    def _task_pieces(
         channel: _Channel,
-        service: _Service,
-        lo: float,
-        hi: float,
-        value: float | None,
-        totals: list[float],
-    ) -> tuple[float, float]:
-        """Credit ``value`` over ``(lo, hi]`` of a task; returns (covered, missing) seconds."""
-        if hi <= lo:
-            return 0.0, 0.0
-        length = hi - lo
-        if channel.is_power:
-            if value is not None:
-                weight = service.at(hi)[1] - service.at(lo)[1]
-                totals[_ENERGY] += value * weight
-            return 0.0, 0.0
-        if value is None:
-            return 0.0, length
-        if value > self._threshold:
-            weight = service.at(hi)[1] - service.at(lo)[1] if self._split else length
-            totals[_BUSY] += 1000.0 * weight
-            totals[_UTIL] += 10.0 * value * weight
-        return length, 0.0
+        start: float,
+        end: float | None,
+        reads: Sequence[ReadOutcome] | None,
+        device: int,
+    ) -> list[tuple[float, float, float | None]]:
+        """The stretches ``(lo, hi, value)`` of a channel inside a task's window.
+
+        Real samples up to the horizon; with ``end`` (the task ended), also the
+        tail after the newest visible sample, which takes that sample's value
+        unless the exit read failed (then nothing is guessed: ``None``).
+        """
+        horizon = channel.horizon
+        if horizon is None:
+            horizon = start
+        upto = horizon if end is None or end > horizon else end
+        history = channel.history
+        pieces: list[tuple[float, float, float | None]] = []
+        if history:
+            for s0, s1, value in history[bisect_right(channel.history_ends, start) :]:
+                if s0 >= upto:
+                    break
+                pieces.append((s0 if s0 > start else start, s1 if s1 < upto else upto, value))
+        if end is not None and horizon < end:
+            failed = reads is not None and isinstance(reads[device], BaseException)
+            pieces.append(
+                (start if start > horizon else horizon, end, None if failed else channel.last_value)
+            )
+        return pieces
 
     def _forget(self) -> None:
         """Drop history, breakpoints and settled services no future query needs."""
+        self._ends_since_forget = 0
         channels = (*self._util, *self._power)
         floor = math.inf
         for channel in channels:
@@ -622,14 +730,14 @@ class Ledger:
             if service.active == 0 and service.last_close <= floor + _EPS:
                 # Settled: every sample covering its windows was credited.
                 self._tracking.discard(service)
-                del service.bp_t[:], service.bp_a[:], service.bp_w[:], service.bp_rate[:]
+                service.forget_all()
             elif len(service.bp_t) >= service.prune_at:
-                service.forget_before(min([floor, *(r.start for r in service.running)]))
+                service.forget_before(min([floor, *(r.start_time for r in service.running)]))
                 service.prune_at = max(_PRUNE_MIN, 2 * len(service.bp_t))
 
     def _earliest_running_start(self) -> float:
         return min(
-            (record.start for service in self._active_services for record in service.running),
+            (record.start_time for service in self._active_services for record in service.running),
             default=math.inf,
         )
 

@@ -9,12 +9,14 @@ concurrently in many threads and asyncio tasks.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
+from gputime import _default
 from gputime._tracker import TaskHandle, Tracker, _check_service
 
 if TYPE_CHECKING:
@@ -75,12 +77,8 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
     # -- entering and leaving -----------------------------------------------------------
 
     def _start(self, activate: bool = True) -> TaskHandle:
-        tracker = self.tracker
-        if tracker is None:
-            from gputime._default import get_tracker  # noqa: PLC0415 - _default imports this module
-
-            tracker = get_tracker()
-        return tracker._start_task(self.service, self.name, self.span, self.attributes, activate)
+        tracker = self.tracker or _default._default or _default.get_tracker()
+        return tracker._start_task(self, activate)
 
     def __enter__(self) -> TaskHandle:
         handle = self._start()
@@ -136,20 +134,44 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
-        if not callable(target):
+        if isinstance(func, (classmethod, staticmethod)):
+            # Decorated above @classmethod / @staticmethod: wrap the function and
+            # put it back in the same kind of descriptor, so binding is unchanged.
+            return type(func)(self(func.__func__))
+        if not callable(func):
             raise TypeError(f"gpu_task decorates functions, not {type(func).__name__}")
-        if inspect.isasyncgenfunction(target):
-            wrapper: Callable[..., Any] = self._wrap_async_generator
-        elif inspect.iscoroutinefunction(target):
-            wrapper = self._wrap_coroutine
-        elif inspect.isgeneratorfunction(target):
-            wrapper = self._wrap_generator
-        else:
-            wrapper = self._wrap_function
-        return wrapt.FunctionWrapper(func, wrapper)
+        if inspect.isasyncgenfunction(func):
+            return self._decorate_async_generator(func)
+        if inspect.iscoroutinefunction(func):
+            return self._decorate_coroutine(func)
+        if inspect.isgeneratorfunction(func):
+            return self._decorate_generator(func)
+        if inspect.isfunction(func) or inspect.ismethod(func):
+            return self._decorate_function(func)
+        # Other callables (partials, callable objects, builtins): a transparent
+        # proxy keeps their attributes, isinstance checks and binding behaviour.
+        return wrapt.FunctionWrapper(func, self._proxy_call)
 
-    def _wrap_function(
+    # The wrappers are closures rather than wrapt proxies on the hot path: a
+    # closure call costs a sixth of a proxy's (see docs/performance.md).
+
+    def _decorate_function(self, func: Callable[..., R]) -> Callable[..., R]:
+        start = self._start
+
+        @functools.wraps(func)
+        def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
+            handle = start()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                handle._tracker._end_task(handle, exc)
+                raise
+            handle._tracker._end_task(handle, None)
+            return result
+
+        return gpu_task_wrapper
+
+    def _proxy_call(
         self,
         wrapped: Callable[..., R],
         instance: object,
@@ -165,106 +187,110 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         handle._tracker._end_task(handle, None)
         return result
 
-    async def _wrap_coroutine(
-        self,
-        wrapped: Callable[..., Awaitable[R]],
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> R:
-        handle = self._start()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            handle._tracker._end_task(handle, exc)
-            raise
-        handle._tracker._end_task(handle, None)
-        return result
+    def _decorate_coroutine(
+        self, func: Callable[..., Awaitable[R]]
+    ) -> Callable[..., Coroutine[Any, Any, R]]:
+        start = self._start
 
-    def _wrap_generator(
-        self,
-        wrapped: Callable[..., Generator[Y, S, R]],
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Generator[Y, S, R]:
-        return self._drive_generator(wrapped(*args, **kwargs))
+        @functools.wraps(func)
+        async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
+            # Entered when the coroutine first runs: the task covers the await.
+            handle = start()
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                handle._tracker._end_task(handle, exc)
+                raise
+            handle._tracker._end_task(handle, None)
+            return result
 
-    def _drive_generator(self, gen: Generator[Y, S, R]) -> Generator[Y, S, R]:
-        # Delegates by hand rather than with ``yield from`` so that the task's
-        # span is current only while the generator body runs, not while the
-        # consumer holds it suspended.
-        handle = self._start(activate=False)
-        emitter = handle._tracker._emitter
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        try:
-            while True:
-                token = emitter.activate(handle)
-                try:
-                    item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
-                finally:
-                    emitter.deactivate(token)
-                to_send, to_throw = None, None
-                try:
-                    to_send = yield item
-                except GeneratorExit:
+        return gpu_task_wrapper
+
+    def _decorate_generator(
+        self, func: Callable[..., Generator[Y, S, R]]
+    ) -> Callable[..., Generator[Y, S, R]]:
+        start = self._start
+
+        @functools.wraps(func)
+        def gpu_task_wrapper(*args: Any, **kwargs: Any) -> Generator[Y, S, R]:
+            # A generator function itself, so nothing runs before the first
+            # resume. Delegates by hand rather than with ``yield from`` so the
+            # task's span is current only while the generator body runs, not
+            # while the consumer holds it suspended.
+            gen = func(*args, **kwargs)
+            handle = start(activate=False)
+            emitter = handle._tracker._emitter
+            to_send: Any = None
+            to_throw: BaseException | None = None
+            try:
+                while True:
                     token = emitter.activate(handle)
                     try:
-                        gen.close()
+                        item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
                     finally:
                         emitter.deactivate(token)
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
-                    to_throw = exc
-        except StopIteration as stop:
-            handle._tracker._end_task(handle, None)
-            return stop.value  # type: ignore[no-any-return] # the generator's return value
-        except BaseException as exc:
-            handle._tracker._end_task(handle, exc)
-            raise
+                    to_send, to_throw = None, None
+                    try:
+                        to_send = yield item
+                    except GeneratorExit:
+                        token = emitter.activate(handle)
+                        try:
+                            gen.close()
+                        finally:
+                            emitter.deactivate(token)
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
+                        to_throw = exc
+            except StopIteration as stop:
+                handle._tracker._end_task(handle, None)
+                return stop.value  # type: ignore[no-any-return] # the generator's return value
+            except BaseException as exc:
+                handle._tracker._end_task(handle, exc)
+                raise
 
-    def _wrap_async_generator(
-        self,
-        wrapped: Callable[..., AsyncGenerator[Y, S]],
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> AsyncGenerator[Y, S]:
-        return self._drive_async_generator(wrapped(*args, **kwargs))
+        return gpu_task_wrapper
 
-    async def _drive_async_generator(self, agen: AsyncGenerator[Y, S]) -> AsyncGenerator[Y, S]:
-        handle = self._start(activate=False)
-        emitter = handle._tracker._emitter
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        try:
-            while True:
-                token = emitter.activate(handle)
-                try:
-                    if to_throw is None:
-                        item = await agen.asend(to_send)
-                    else:
-                        item = await agen.athrow(to_throw)
-                finally:
-                    emitter.deactivate(token)
-                to_send, to_throw = None, None
-                try:
-                    to_send = yield item
-                except GeneratorExit:
+    def _decorate_async_generator(
+        self, func: Callable[..., AsyncGenerator[Y, S]]
+    ) -> Callable[..., AsyncGenerator[Y, S]]:
+        start = self._start
+
+        @functools.wraps(func)
+        async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Y, S]:
+            agen = func(*args, **kwargs)
+            handle = start(activate=False)
+            emitter = handle._tracker._emitter
+            to_send: Any = None
+            to_throw: BaseException | None = None
+            try:
+                while True:
                     token = emitter.activate(handle)
                     try:
-                        await agen.aclose()
+                        if to_throw is None:
+                            item = await agen.asend(to_send)
+                        else:
+                            item = await agen.athrow(to_throw)
                     finally:
                         emitter.deactivate(token)
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
-                    to_throw = exc
-        except StopAsyncIteration:
-            handle._tracker._end_task(handle, None)
-        except BaseException as exc:
-            handle._tracker._end_task(handle, exc)
-            raise
+                    to_send, to_throw = None, None
+                    try:
+                        to_send = yield item
+                    except GeneratorExit:
+                        token = emitter.activate(handle)
+                        try:
+                            await agen.aclose()
+                        finally:
+                            emitter.deactivate(token)
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
+                        to_throw = exc
+            except StopAsyncIteration:
+                handle._tracker._end_task(handle, None)
+            except BaseException as exc:
+                handle._tracker._end_task(handle, exc)
+                raise
+
+        return gpu_task_wrapper
 
     def __repr__(self) -> str:
         return f"gpu_task({self.service!r})"

@@ -17,6 +17,7 @@ from gputime._backends import (
     Clock,
     DeviceInfo,
     DeviceSelector,
+    Reading,
     resolve_backend,
 )
 from gputime._ledger import Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from gputime._task import gpu_task
+    from gputime import _task
 
 _logger = logging.getLogger("gputime")
 
@@ -39,58 +40,52 @@ Listener = Callable[["TaskHandle"], object]
 ListenerT = TypeVar("ListenerT", bound=Listener)
 
 
+#: The outcome of a read that was not made because it could not add anything.
+_NOTHING_NEW = Reading()
+
+
 class TrackerClosedError(RuntimeError):
     """The read outcome of a task that ended after its tracker was closed."""
 
 
-class TaskHandle:
+class TaskHandle(TaskRecord):
     """One running or finished task, as bound by ``with gpu_task(...) as task``.
 
     Figures are live while the task runs (real samples so far) and final once
     it ended (including the stretch after the newest sample, see the spec).
+    The handle is also the ledger's record of the task: one object per task.
     """
 
-    __slots__ = (
-        "_cm_token",
-        "_otel",
-        "_record",
-        "_tracker",
-        "attributes",
-        "end_time",
-        "error",
-        "name",
-        "service",
-        "span",
-        "start_time",
-    )
+    __slots__ = ("_cm_token", "_otel", "_spec", "_tracker", "error", "service")
 
-    def __init__(
-        self,
-        tracker: Tracker,
-        record: TaskRecord,
-        service: str,
-        name: str | None,
-        span: bool,
-        attributes: dict[str, Any] | None,
-    ) -> None:
+    def __init__(self, tracker: Tracker, spec: _task.gpu_task) -> None:
+        self.end_time = None
+        self._failed = False
+        self._final = None
         self._tracker = tracker
-        self._record = record
+        self._spec = spec
         self._cm_token: object = None
         self._otel: object = None
         #: The service this task belongs to.
-        self.service = service
-        #: The span name (``gpu_task {service}`` unless ``name=`` was given).
-        self.name = name if name is not None else f"gpu_task {service}"
-        #: Whether this task makes its own span.
-        self.span = span
-        #: Extra span attributes given to ``gpu_task``.
-        self.attributes = attributes
-        #: Tracker clock when the task began.
-        self.start_time = record.start
-        #: Tracker clock when the task ended; ``None`` while it runs.
-        self.end_time: float | None = None
+        self.service = spec.service
         #: The exception the task raised (``None`` if it returned or was cancelled).
         self.error: BaseException | None = None
+
+    @property
+    def name(self) -> str:
+        """The span name: ``gpu_task {service}`` unless ``name=`` was given."""
+        name = self._spec.name
+        return name if name is not None else f"gpu_task {self.service}"
+
+    @property
+    def span(self) -> bool:
+        """Whether this task makes its own span."""
+        return self._spec.span
+
+    @property
+    def attributes(self) -> dict[str, Any] | None:
+        """Extra span attributes given to ``gpu_task``."""
+        return self._spec.attributes
 
     @property
     def tracker(self) -> Tracker:
@@ -103,11 +98,6 @@ class TaskHandle:
         return self.end_time is None
 
     @property
-    def concurrency(self) -> int:
-        """Running tasks of this service when this one began, itself included."""
-        return self._record.concurrency
-
-    @property
     def duration(self) -> float:
         """Seconds on the tracker's clock, so far if still running."""
         end = self.end_time if self.end_time is not None else self._tracker.clock()
@@ -116,7 +106,7 @@ class TaskHandle:
     @property
     def figures(self) -> Figures:
         """All GPU figures at once, consistent with each other."""
-        return self._tracker._ledger.figures(self._record)
+        return self._tracker._ledger.figures(self)
 
     @property
     def gpu_ms(self) -> float:
@@ -221,6 +211,11 @@ class Tracker:
             measures_utilization=self._session.measures_utilization,
             measures_energy=self._session.measures_energy,
             sample_period=self._session.sample_period,
+            # Backends that know their samples arrive exactly every period say
+            # so; others get no read skipped at task exit.
+            sample_jitter=float(
+                getattr(self._session, "sample_jitter", self._session.sample_period)
+            ),
             attribution=attribution,
             threshold=threshold,
             clock=clock,
@@ -263,7 +258,7 @@ class Tracker:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def gpu_task(self, service: str, **kwargs: Any) -> gpu_task:
+    def gpu_task(self, service: str, **kwargs: Any) -> _task.gpu_task:
         """``gpu_task(service, tracker=self, **kwargs)``."""
         from gputime._task import gpu_task  # noqa: PLC0415 - _task imports this module
 
@@ -347,18 +342,10 @@ class Tracker:
 
     # -- the task path -----------------------------------------------------------------
 
-    def _start_task(
-        self,
-        service: str,
-        name: str | None,
-        span: bool,
-        attributes: dict[str, Any] | None,
-        activate: bool,
-    ) -> TaskHandle:
-        record, first = self._ledger.begin(service)
-        if first and self.threaded and not self._closed:
+    def _start_task(self, spec: _task.gpu_task, activate: bool) -> TaskHandle:
+        handle = TaskHandle(self, spec)
+        if self._ledger.begin(handle, spec.service) and self.threaded and not self._closed:
             self._sampler.wake()
-        handle = TaskHandle(self, record, service, name, span, attributes)
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
@@ -366,25 +353,40 @@ class Tracker:
 
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
         end = self.clock()
-        reads: Sequence[ReadOutcome] = self._read_all() if self._device_count else ()
-        self._ledger.end(handle._record, end, reads)
-        handle.end_time = handle._record.end if handle._record.end is not None else end
-        if isinstance(exc, Exception):
+        self._ledger.end(handle, end, self._read_all(end) if self._device_count else None)
+        if exc is not None and isinstance(exc, Exception):
             handle.error = exc
         self._emitter.task_ended(handle, exc)
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
 
-    def _read_all(self) -> list[ReadOutcome]:
-        """One read per device, outside the ledger lock; failures become outcomes."""
+    @overload
+    def _read_all(self) -> list[ReadOutcome]: ...
+
+    @overload
+    def _read_all(self, exit_time: float) -> list[ReadOutcome] | None: ...
+
+    def _read_all(self, exit_time: float | None = None) -> list[ReadOutcome] | None:
+        """One read per device, outside the ledger lock; failures become outcomes.
+
+        At a task exit (``exit_time``), a device whose next sample cannot be
+        out yet is not read: its newest visible sample is already known; if
+        that holds for every device, nothing is read and the result is ``None``.
+        """
         if self._closed:
             closed = TrackerClosedError("the tracker was closed while the task ran")
             return [closed] * self._device_count
-        session = self._session
+        plan = self._ledger.read_plan(exit_time)
+        if plan is None:
+            return None
+        read = self._session.read
         reads: list[ReadOutcome] = []
-        for device, since in enumerate(self._ledger.read_plan()):
+        for device, since in enumerate(plan):
+            if since is None:
+                reads.append(_NOTHING_NEW)
+                continue
             try:
-                reads.append(session.read(device, since))
+                reads.append(read(device, since))
             except Exception as exc:  # noqa: BLE001 - any driver fault is a failed reading
                 self._report_fault("read", exc)
                 reads.append(exc)

@@ -30,6 +30,10 @@ from gputime._backends._base import (
 _EPS = 1e-9
 
 
+#: What a read returns when the driver has produced no sample since ``since``.
+_NOTHING_NEW = Reading()
+
+
 class SimulatedReadError(RuntimeError):
     """The failure :meth:`SimulatedGpu.fail_reads` injects."""
 
@@ -240,8 +244,10 @@ class SimulatedGpu:
                 raise SimulatedReadError(f"simulated read failure on device {device}")
             now = self.clock()
             newest = math.floor(now / period + _EPS)
-            oldest_kept = max(1, newest - self.buffer_samples + 1)
             first = math.floor(since / period + _EPS) + 1
+            if first > newest:
+                return _NOTHING_NEW
+            oldest_kept = max(1, newest - self.buffer_samples + 1)
             samples: list[Sample] = []
             if first < oldest_kept <= newest:
                 # The reader fell behind the ring buffer: that stretch is lost.
@@ -273,6 +279,8 @@ class _SimulatedSession:
         self.measures_utilization = True
         self.measures_energy = gpu.measure_energy
         self.sample_period = gpu.sample_period
+        # Sample k appears exactly at k * P: a task exit before then need not read.
+        self.sample_jitter = 0.0
 
     def read(self, device: int, since: float) -> Reading:
         return self._gpu._read(self._indices[device], since)
