@@ -22,6 +22,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, default=3.0, help="how long the workload runs (default 3)"
     )
     demo.add_argument("--seed", type=int, default=7, help="random seed of the workload")
+    commands.add_parser(
+        "devices", help="list the NVIDIA GPUs NVML sees and which calls gputime can use on them"
+    )
     return parser
 
 
@@ -37,4 +40,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gputime demo: 4 services on a simulated GPU for {args.seconds:g} s ...")
         run_demo(args.seconds, seed=args.seed)
         return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    return _devices()
+
+
+def _devices() -> int:
+    from gputime._backends import BackendUnavailable  # noqa: PLC0415 - keeps start-up light
+    from gputime._backends._nvml import list_devices  # noqa: PLC0415 - loads NVML only here
+
+    try:
+        devices = list_devices()
+    except BackendUnavailable as exc:
+        print(f"gputime devices: no NVIDIA GPU can be measured: {exc}")
+        return 1
+    if not devices:
+        print("gputime devices: NVML runs but sees no GPU")
+        return 1
+    for device in devices:
+        period = f"{device.sample_period:.3f} s" if device.sample_period is not None else "unknown"
+        mig = "  MIG enabled: utilisation unavailable" if device.mig_enabled else ""
+        print(f"[{device.index}] {device.name}  {device.uuid}  sample period {period}{mig}")
+        if device.error:
+            print(f"    error: {device.error}")
+        for call, state in device.calls.items():
+            print(f"    {call:<45} {state}")
+    return 0

@@ -271,7 +271,9 @@ class Ledger:
     """Per-service counts, windows and GPU time for one tracker.
 
     Args:
-        devices: Number of tracked devices (0 for the ``none`` backend).
+        devices: Number of tracked devices that are read (0 for the ``none`` backend).
+        unmeasured: Tracked devices that cannot report utilisation (MIG): never
+            read, they make every figure ``partial`` with its coverage reduced.
         measures_utilization: False when no GPU figure can exist
             (every status then reads ``unavailable``).
         measures_energy: True when readings carry power samples.
@@ -288,6 +290,7 @@ class Ledger:
         self,
         *,
         devices: int,
+        unmeasured: int = 0,
         measures_utilization: bool,
         measures_energy: bool,
         sample_period: float,
@@ -305,12 +308,21 @@ class Ledger:
         self._clock = clock
         self._device_count = devices
         self._measures = measures_utilization
+        self._partial_devices = bool(devices and unmeasured)
+        self._measured_share = devices / (devices + unmeasured) if devices else 1.0
         self._measures_energy = measures_energy
-        self._period = sample_period
+        #: The driver's sample period; the tracker refreshes it (NVML learns it late).
+        self.sample_period = sample_period
         self._jitter = sample_jitter
         self._split = attribution == "split"
         self._threshold = threshold
-        self._base_status: Status = "ok" if measures_utilization else "unavailable"
+        self._base_status: Status = (
+            "unavailable"
+            if not measures_utilization or not devices
+            else "partial"
+            if unmeasured
+            else "ok"
+        )
         # Guarded by the lock.
         self._generation = 0
         self._services: dict[str, _Service] = {}
@@ -403,7 +415,7 @@ class Ledger:
                     self._split_rates(end)
             if last:
                 self._last_close = end
-                self._settle_deadline = end + self._period
+                self._settle_deadline = end + self.sample_period
             self._ends_since_forget += 1
             if self._ends_since_forget >= _FORGET_EVERY:
                 self._forget()
@@ -424,7 +436,7 @@ class Ledger:
         """
         if now is None:
             return [channel.since for channel in self._util]
-        due = now + self._jitter - self._period
+        due = now + self._jitter - self.sample_period
         plan: list[float | None] = []
         needed = False
         for channel in self._util:
@@ -480,7 +492,7 @@ class Ledger:
                             service_name,
                             energy_mj=0.0 if self._measures_energy else None,
                             status=self._base_status,
-                            coverage=1.0 if self._measures else 0.0,
+                            coverage=self._measured_share if self._measures else 0.0,
                         )
                     }
                 return {service_name: self._snapshot(service)}
@@ -537,7 +549,7 @@ class Ledger:
                     channel.horizon = now
                 channel.history.clear()
                 channel.history_ends.clear()
-                channel.update_since(self._period)
+                channel.update_since(self.sample_period)
         self._settle_deadline = None
 
     def _split_rates(self, now: float) -> None:
@@ -583,7 +595,7 @@ class Ledger:
             channel.history_ends.append(end)
             horizon = end
         channel.horizon = horizon
-        channel.update_since(self._period)
+        channel.update_since(self.sample_period)
 
     def _credit_services(
         self, channel: _Channel, start: float, end: float, value: float | None
@@ -657,18 +669,24 @@ class Ledger:
                     busy += weight
                     weighted += value * weight
         energy = 0.0
+        energy_missing = False
         for device, channel in enumerate(self._power):
             pieces = self._task_pieces(channel, start, end, reads, device)
             for lo, hi, value in pieces:
-                if hi > lo and value is not None:
+                if hi <= lo:
+                    continue
+                if value is None:
+                    energy_missing = True
+                else:
                     energy += value * service.weight(lo, hi)
         if not self._measures:
             status: Status = "unavailable"
             coverage = 0.0
         else:
-            status = "partial" if record._failed or missing > _EPS else "ok"
+            partial = record._failed or missing > _EPS or energy_missing
+            status = "partial" if partial or self._partial_devices else "ok"
             seen = covered + missing
-            coverage = covered / seen if seen > _EPS else 1.0
+            coverage = (covered / seen if seen > _EPS else 1.0) * self._measured_share
         return (
             1000.0 * busy,
             10.0 * weighted,
@@ -746,7 +764,7 @@ class Ledger:
             coverage = 0.0
         else:
             seen = service.covered + service.missing
-            coverage = service.covered / seen if seen > _EPS else 1.0
+            coverage = (service.covered / seen if seen > _EPS else 1.0) * self._measured_share
         return ServiceStats(
             service=service.name,
             task_count=service.task_count,

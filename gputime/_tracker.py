@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from gputime._backends import (
     Attribution,
     Backend,
+    BackendUnavailable,
     Clock,
     DeviceInfo,
     DeviceSelector,
+    NoGpu,
     Reading,
     resolve_backend,
+    warn_auto_fallback,
 )
 from gputime._ledger import Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
 from gputime._otel import Emitter
@@ -203,11 +206,27 @@ class Tracker:
         self.threshold = threshold
         self.attribution: Attribution = attribution
         self.threaded = bool(threaded)
+        try:
+            session = resolved.open(clock=clock, devices=devices, attribution=attribution)
+        except BackendUnavailable as exc:
+            if backend != "auto":
+                raise
+            warn_auto_fallback(str(exc))
+            resolved = NoGpu(reason=str(exc))
+            session = resolved.open(clock=clock, devices=devices, attribution=attribution)
         self.backend = resolved
-        self._session = resolved.open(clock=clock, devices=devices, attribution=attribution)
-        self._device_count = len(self._session.devices)
+        self._session = session
+        # Devices that cannot report utilisation (MIG) are never read; the
+        # ledger counts them as missing, so figures read partial, never idle.
+        self._read_index = tuple(
+            i
+            for i, device in enumerate(session.devices)
+            if device.details.get("utilization", True) is not False
+        )
+        self._device_count = len(self._read_index) if session.measures_utilization else 0
         self._ledger = Ledger(
             devices=self._device_count,
+            unmeasured=len(session.devices) - self._device_count,
             measures_utilization=self._session.measures_utilization,
             measures_energy=self._session.measures_energy,
             sample_period=self._session.sample_period,
@@ -296,6 +315,8 @@ class Tracker:
         """
         if self._closed or not self._device_count or not self._ledger.wants_reading():
             return
+        # NVML learns a device's sample period from its first samples.
+        self._ledger.sample_period = self._session.sample_period
         self._ledger.ingest(self._read_all())
 
     def on_task_start(self, listener: ListenerT) -> ListenerT:
@@ -380,13 +401,14 @@ class Tracker:
         if plan is None:
             return None
         read = self._session.read
+        index = self._read_index
         reads: list[ReadOutcome] = []
-        for device, since in enumerate(plan):
+        for channel, since in enumerate(plan):
             if since is None:
                 reads.append(_NOTHING_NEW)
                 continue
             try:
-                reads.append(read(device, since))
+                reads.append(read(index[channel], since))
             except Exception as exc:  # noqa: BLE001 - any driver fault is a failed reading
                 self._report_fault("read", exc)
                 reads.append(exc)

@@ -98,6 +98,28 @@ def test_a_mig_gpu_is_unavailable_not_idle(clock: FakeClock):
         assert task.energy_mj is None
 
 
+def test_a_mig_gpu_beside_a_normal_one_is_never_read_and_makes_figures_partial(
+    clock: FakeClock,
+):
+    gpus = [FakeGpu(0, "GPU-a"), FakeGpu(1, "GPU-m", mig=True, mig_instances=("MIG-1",))]
+    with installed(FakeNvml(clock, gpus)) as double, tracker_on(double, clock) as tracker:
+        double.set_utilization(100, device=0)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+            tracker.poll()
+            clock.advance(1.0)
+        assert task.gpu_ms == pytest.approx(2000.0, abs=0.01)  # the normal GPU only
+        assert task.status == "partial"
+        assert task.coverage == pytest.approx(0.5)
+        clock.advance(P)
+        tracker.poll()
+        stats = tracker.stats("nmt")
+        assert (stats.status, stats.coverage) == ("partial", pytest.approx(0.5))
+        assert tracker.stats("unseen").status == "partial"
+        assert double.calls["nvmlDeviceGetSamples"] > 0
+        assert tracker.device_ids == ("GPU-a", "GPU-m")
+
+
 def test_auto_falls_back_to_none_with_one_warning(
     clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):

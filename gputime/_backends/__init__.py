@@ -29,6 +29,7 @@ __all__ = [
     "Sample",
     "Session",
     "resolve_backend",
+    "warn_auto_fallback",
 ]
 
 _logger = logging.getLogger("gputime")
@@ -54,7 +55,7 @@ def resolve_backend(spec: str | Backend) -> Backend:
             try:
                 return _nvml_backend()
             except BackendUnavailable as exc:
-                _warn_auto_fallback(str(exc))
+                warn_auto_fallback(str(exc))
                 return NoGpu(reason=str(exc))
         raise ValueError(
             f"backend={spec!r}: unknown backend name (expected one of "
@@ -75,7 +76,8 @@ def _nvml_backend() -> Backend:
     return NvmlBackend()
 
 
-def _warn_auto_fallback(reason: str) -> None:
+def warn_auto_fallback(reason: str) -> None:
+    """Log, once per process, that ``"auto"`` found no GPU it can measure."""
     global _warned_auto_fallback
     if not _warned_auto_fallback:
         _warned_auto_fallback = True
