@@ -110,7 +110,8 @@ class _Channel:
 
     def __init__(self, is_power: bool) -> None:
         self.is_power = is_power
-        self.horizon: float | None = None
+        # -inf until the first task wakes the channel and moves it to "now".
+        self.horizon = -math.inf
         self.last_end: float | None = None
         self.last_value: float | None = None
         self.history: list[tuple[float, float, float | None]] = []
@@ -122,8 +123,6 @@ class _Channel:
 
     def update_since(self, period: float) -> None:
         horizon = self.horizon
-        if horizon is None:
-            return
         last_end = self.last_end
         lookback = horizon - 2 * period
         if last_end is None:
@@ -179,9 +178,7 @@ class _Service:
 
     def at(self, t: float) -> tuple[float, float]:
         """``(A(t), W(t))``."""
-        bp_t = self.bp_t
-        if not bp_t:
-            return 0.0, 0.0
+        bp_t = self.bp_t  # never empty while anyone asks: a window opened
         i = bisect_right(bp_t, t) - 1
         if i < 0:
             i = 0
@@ -534,10 +531,10 @@ class Ledger:
         """Whether every sample covering the last closed window was credited."""
         last_close = self._last_close - _EPS
         for channel in self._util:
-            if channel.horizon is not None and channel.horizon < last_close:
+            if channel.horizon < last_close:
                 return False
         for channel in self._power:
-            if channel.horizon is not None and channel.horizon < last_close:
+            if channel.horizon < last_close:
                 return False
         return True
 
@@ -545,7 +542,7 @@ class Ledger:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
         if self._settled():
             for channel in (*self._util, *self._power):
-                if channel.horizon is None or channel.horizon < now:
+                if channel.horizon < now:
                     channel.horizon = now
                 channel.history.clear()
                 channel.history_ends.clear()
@@ -586,8 +583,6 @@ class Ledger:
             if channel.last_end is None or end > channel.last_end:
                 channel.last_end = end
                 channel.last_value = value
-            if horizon is None:
-                continue
             if end <= horizon:
                 continue
             self._credit_services(channel, horizon, end, value)
@@ -646,8 +641,6 @@ class Ledger:
         weighted = 0.0  # sum of value * weight: util_ms / 10
         for device, channel in enumerate(self._util):
             horizon = channel.horizon
-            if horizon is None:
-                horizon = start
             if channel.history:
                 pieces = self._task_pieces(channel, start, end, reads, device)
             elif end is not None and horizon < end:
@@ -710,8 +703,6 @@ class Ledger:
         unless the exit read failed (then nothing is guessed: ``None``).
         """
         horizon = channel.horizon
-        if horizon is None:
-            horizon = start
         upto = horizon if end is None or end > horizon else end
         history = channel.history
         pieces: list[tuple[float, float, float | None]] = []
@@ -733,7 +724,7 @@ class Ledger:
         channels = (*self._util, *self._power)
         floor = math.inf
         for channel in channels:
-            floor = min(floor, -math.inf if channel.horizon is None else channel.horizon)
+            floor = min(floor, channel.horizon)
         if self._active_tasks == 0:
             for channel in channels:
                 channel.history.clear()
