@@ -351,9 +351,7 @@ class Ledger:
         """
         with self._lock:
             now = self._clock()
-            service = self._services.get(service_name)
-            if service is None:
-                service = self._services[service_name] = _Service(service_name, self._base_status)
+            service = self._services.get(service_name) or self._add_service(service_name)
             first_overall = not self._active_tasks
             self._active_tasks += 1
             service.active += 1
@@ -361,8 +359,8 @@ class Ledger:
             record.start_time = now
             record.concurrency = service.active
             record._generation = self._generation
-            service.running.add(record)
             if self._device_count:
+                service.running.add(record)
                 if first_overall:
                     self._wake_channels(now)
                 if service.active == 1:
@@ -388,18 +386,20 @@ class Ledger:
                 # Inherited across fork (the child starts empty), or ended twice.
                 return False
             service = record._svc
-            service.running.discard(record)
             service.task_count += 1
             service.active -= 1
             self._active_tasks -= 1
             last = not self._active_tasks
             if not self._device_count:
-                record.end_time = max(end, record.start_time)
+                record.end_time = end if end > record.start_time else record.start_time
                 record._final = _UNAVAILABLE
                 return last
+            service.running.discard(record)
             # Breakpoints are appended in time order; a clock read on another
             # thread just before ours may have added one a few microseconds later.
-            end = max(end, record.start_time, service.bp_t[-1])
+            latest = service.bp_t[-1]
+            if end < latest:
+                end = latest
             record.end_time = end
             if reads is not None:
                 self._ingest(reads)
@@ -417,6 +417,10 @@ class Ledger:
             if self._ends_since_forget >= _FORGET_EVERY:
                 self._forget()
             return last
+
+    def _add_service(self, name: str) -> _Service:
+        service = self._services[name] = _Service(name, self._base_status)
+        return service
 
     # -- sampling --------------------------------------------------------------------
 

@@ -294,19 +294,22 @@ class Emitter:
 
     def task_started(self, handle: TaskHandle, activate: bool) -> None:
         """A task began; with ``activate`` its span becomes current until it ends."""
+        tracer = self._tracer
+        if tracer is None and self._tracer_pending:
+            # Inline, not a helper call: this is the whole cost of a task when
+            # no SDK is configured. The API sets this global once, when an SDK
+            # is installed; a future API without it sends us to the getter.
+            try:
+                unset = otel_trace._TRACER_PROVIDER is None
+            except AttributeError:  # pragma: no cover - see above
+                unset = False
+            if not unset:
+                tracer = self._resolve_global_tracer()
         if not handle.span:
             self._borrow_current_span(handle)
             return
-        tracer = self._tracer
         if tracer is None:
-            if (
-                not self._tracer_pending
-                or getattr(otel_trace, "_TRACER_PROVIDER", _UNKNOWN) is None
-            ):
-                return  # nobody listens: no span, no context, nothing allocated
-            tracer = self._resolve_global_tracer()
-            if tracer is None:
-                return
+            return  # nobody listens: no span, no context, nothing allocated
         try:
             # Attributes all go in at the end, in one call: the figures only
             # exist then, and one call costs less than two (the SDK cleans and
@@ -333,11 +336,13 @@ class Emitter:
             self._finish_span(handle, cast("tuple[Span, object]", state), exc)
         histogram = self._histogram
         if histogram is None:
-            if (
-                not self._metrics_pending
-                or getattr(_metrics_internal, "_METER_PROVIDER", _UNKNOWN) is None
-            ):
+            if not self._metrics_pending:
                 return
+            try:
+                if _metrics_internal._METER_PROVIDER is None:
+                    return  # still no SDK (inline for the same reason as above)
+            except AttributeError:  # pragma: no cover - a future API without the global
+                pass
             histogram = self._resolve_global_histogram()
             if histogram is None:
                 return
