@@ -480,7 +480,7 @@ class Ledger:
                 return _UNAVAILABLE
             if record._generation != self._generation:
                 return Figures(0.0, 0.0, None, "partial", 0.0)
-            return Figures(*self._task_figures(record, None, None, final=False))
+            return Figures(*self._task_figures(record, math.inf, None, final=False))
 
     def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:
         """Snapshots of one service (zeros if never seen) or of all of them."""
@@ -626,14 +626,15 @@ class Ledger:
     def _task_figures(
         self,
         record: TaskRecord,
-        end: float | None,
+        end: float,
         reads: Sequence[ReadOutcome] | None,
         *,
         final: bool,
     ) -> tuple[float, float, float | None, Status, float]:
-        """Integrate a task's window; ``final``: it ended at ``end``, with the tail.
+        """Integrate a task's window up to ``end`` (``inf``: the newest sample).
 
-        ``reads`` are the exit reads (``None``: no device needed one).
+        ``final``: the task ended at ``end``; the tail after the newest sample
+        is included. ``reads`` are the exit reads (``None``: no device needed one).
 
         On every task exit: written for speed (locals, one loop per channel).
         """
@@ -644,17 +645,28 @@ class Ledger:
         busy = covered = missing = 0.0
         weighted = 0.0  # sum of value * weight: util_ms / 10
         for device, channel in enumerate(self._util):
-            horizon = channel.horizon
-            if channel.history:
-                pieces = self._task_pieces(channel, start, end, reads, device)
-            elif end is not None and horizon < end:
-                # The common short task: no sample inside it yet, only the tail.
-                failed = reads is not None and isinstance(reads[device], BaseException)
+            if not channel.history:
+                # The common short task: no sample inside it yet, only the tail
+                # (written out: this runs at every task exit).
+                horizon = channel.horizon
+                if not final or horizon >= end:
+                    continue
                 lo = start if start > horizon else horizon
-                pieces = [(lo, end, None if failed else channel.last_value)]
-            else:
+                length = end - lo
+                if reads is not None and isinstance(reads[device], BaseException):
+                    value = None
+                else:
+                    value = channel.last_value
+                if value is None:
+                    missing += length
+                    continue
+                covered += length
+                if value > threshold:
+                    weight = service.weight(lo, end) if split else length
+                    busy += weight
+                    weighted += value * weight
                 continue
-            for lo, hi, value in pieces:
+            for lo, hi, value in self._task_pieces(channel, start, end, reads, device, final):
                 if hi <= lo:
                     continue
                 if value is None:
@@ -668,7 +680,7 @@ class Ledger:
         energy = 0.0
         energy_missing = False
         for device, channel in enumerate(self._power):
-            pieces = self._task_pieces(channel, start, end, reads, device)
+            pieces = self._task_pieces(channel, start, end, reads, device, final)
             for lo, hi, value in pieces:
                 if hi <= lo:
                     continue
@@ -696,18 +708,20 @@ class Ledger:
     def _task_pieces(
         channel: _Channel,
         start: float,
-        end: float | None,
+        end: float,
         reads: Sequence[ReadOutcome] | None,
         device: int,
+        final: bool,
     ) -> list[tuple[float, float, float | None]]:
         """The stretches ``(lo, hi, value)`` of a channel inside a task's window.
 
-        Real samples up to the horizon; with ``end`` (the task ended), also the
-        tail after the newest visible sample, which takes that sample's value
-        unless the exit read failed (then nothing is guessed: ``None``).
+        Real samples up to the horizon (and ``end``); when ``final`` (the task
+        ended at ``end``), also the tail after the newest visible sample, which
+        takes that sample's value unless the exit read failed (then nothing is
+        guessed: ``None``).
         """
         horizon = channel.horizon
-        upto = horizon if end is None or end > horizon else end
+        upto = horizon if end > horizon else end
         history = channel.history
         pieces: list[tuple[float, float, float | None]] = []
         if history:
@@ -715,7 +729,7 @@ class Ledger:
                 if s0 >= upto:
                     break
                 pieces.append((s0 if s0 > start else start, s1 if s1 < upto else upto, value))
-        if end is not None and horizon < end:
+        if final and horizon < end:
             failed = reads is not None and isinstance(reads[device], BaseException)
             pieces.append(
                 (start if start > horizon else horizon, end, None if failed else channel.last_value)
