@@ -308,8 +308,7 @@ class Ledger:
         self._partial_devices = bool(devices and unmeasured)
         self._measured_share = devices / (devices + unmeasured) if devices else 1.0
         self._measures_energy = measures_energy
-        #: The driver's sample period; the tracker refreshes it (NVML learns it late).
-        self.sample_period = sample_period
+        self._period = sample_period
         self._jitter = sample_jitter
         self._split = attribution == "split"
         self._threshold = threshold
@@ -329,6 +328,8 @@ class Ledger:
         self._last_close = -math.inf
         self._settle_deadline: float | None = None
         self._ends_since_forget = 0
+        #: See :meth:`_update_fresh_until`.
+        self.fresh_until = -math.inf
         self._util = [_Channel(is_power=False) for _ in range(devices)]
         self._power = [_Channel(is_power=True) for _ in range(devices if measures_energy else 0)]
 
@@ -398,7 +399,7 @@ class Ledger:
             # Breakpoints are appended in time order; a clock read on another
             # thread just before ours may have added one a few microseconds later.
             latest = service.bp_t[-1]
-            if end < latest:
+            if end < latest:  # noqa: PLR1730 - max() costs a call on every task exit
                 end = latest
             record.end_time = end
             if reads is not None:
@@ -412,7 +413,7 @@ class Ledger:
                     self._split_rates(end)
             if last:
                 self._last_close = end
-                self._settle_deadline = end + self.sample_period
+                self._settle_deadline = end + self._period
             self._ends_since_forget += 1
             if self._ends_since_forget >= _FORGET_EVERY:
                 self._forget()
@@ -424,30 +425,41 @@ class Ledger:
 
     # -- sampling --------------------------------------------------------------------
 
-    def read_plan(self, now: float | None = None) -> list[float | None] | None:
+    def read_plan(self) -> list[float]:
         """Per device, the ``since`` to read utilisation from.
-
-        With ``now`` (a task exit), ``None`` for a device whose driver cannot
-        have produced a sample since the newest one read: the newest visible
-        sample is already known, so the read would add nothing; and ``None``
-        instead of the list when that holds for every device.
 
         Deliberately lock-free: it only reads floats, and a stale value merely
         makes the backend return a sample the ledger then skips.
         """
-        if now is None:
-            return [channel.since for channel in self._util]
-        due = now + self._jitter - self.sample_period
-        plan: list[float | None] = []
-        needed = False
+        return [channel.since for channel in self._util]
+
+    @property
+    def sample_period(self) -> float:
+        """The driver's sample period; the tracker refreshes it (NVML learns it late)."""
+        return self._period
+
+    @sample_period.setter
+    def sample_period(self, period: float) -> None:
+        if period != self._period:
+            with self._lock:
+                self._period = period
+                self._update_fresh_until()
+
+    def _update_fresh_until(self) -> None:
+        """Until ``fresh_until`` no driver can have a sample newer than the newest read.
+
+        A task exit before then need not read: the newest visible sample, which
+        its tail takes, is already known. Read lock-free by the exit path.
+        """
+        fresh = math.inf if self._util else -math.inf
+        lead = self._period - self._jitter
         for channel in self._util:
             last_end = channel.last_end
-            if last_end is not None and last_end > due and channel.since >= last_end:
-                plan.append(None)
-            else:
-                plan.append(channel.since)
-                needed = True
-        return plan if needed else None
+            if last_end is None or channel.since < last_end:
+                fresh = -math.inf  # a read must still fetch the newest visible sample
+                break
+            fresh = min(fresh, last_end + lead)
+        self.fresh_until = fresh
 
     def wants_reading(self) -> bool:
         """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
@@ -526,6 +538,7 @@ class Ledger:
         self._last_close = -math.inf
         self._settle_deadline = None
         self._ends_since_forget = 0
+        self.fresh_until = -math.inf
         self._util = [_Channel(is_power=False) for _ in range(self._device_count)]
         self._power = [_Channel(is_power=True) for _ in self._power]
 
@@ -534,10 +547,12 @@ class Ledger:
     def _settled(self) -> bool:
         """Whether every sample covering the last closed window was credited."""
         last_close = self._last_close - _EPS
+        # Loops, not all() over generators: this runs as every task after idle
+        # begins, and a generator costs more than the whole check.
         for channel in self._util:
             if channel.horizon < last_close:
                 return False
-        for channel in self._power:
+        for channel in self._power:  # noqa: SIM110 - see above
             if channel.horizon < last_close:
                 return False
         return True
@@ -546,11 +561,12 @@ class Ledger:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
         if self._settled():
             for channel in (*self._util, *self._power):
-                if channel.horizon < now:
+                if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
                     channel.horizon = now
                 channel.history.clear()
                 channel.history_ends.clear()
-                channel.update_since(self.sample_period)
+                channel.update_since(self._period)
+            self._update_fresh_until()
         self._settle_deadline = None
 
     def _split_rates(self, now: float) -> None:
@@ -570,6 +586,7 @@ class Ledger:
                 self._ingest_channel(self._util[device], outcome.utilization)
             if self._power and outcome.power:
                 self._ingest_channel(self._power[device], outcome.power)
+        self._update_fresh_until()
 
     def _read_failed(self) -> None:
         # Every figure that needed this reading is partial, even if the samples
@@ -594,7 +611,7 @@ class Ledger:
             channel.history_ends.append(end)
             horizon = end
         channel.horizon = horizon
-        channel.update_since(self.sample_period)
+        channel.update_since(self._period)
 
     def _credit_services(
         self, channel: _Channel, start: float, end: float, value: float | None

@@ -19,7 +19,6 @@ from gputime._backends import (
     DeviceInfo,
     DeviceSelector,
     NoGpu,
-    Reading,
     resolve_backend,
     warn_auto_fallback,
 )
@@ -41,10 +40,6 @@ ATTRIBUTIONS: tuple[Attribution, ...] = ("device", "split", "process")
 
 Listener = Callable[["TaskHandle"], object]
 ListenerT = TypeVar("ListenerT", bound=Listener)
-
-
-#: The outcome of a read that was not made because it could not add anything.
-_NOTHING_NEW = Reading()
 
 
 class TrackerClosedError(RuntimeError):
@@ -374,39 +369,27 @@ class Tracker:
 
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
         end = self.clock()
-        self._ledger.end(handle, end, self._read_all(end) if self._device_count else None)
+        ledger = self._ledger
+        if not self._device_count or (end < ledger.fresh_until and not self._closed):
+            reads = None  # nothing to read, or nothing new can have been sampled
+        else:
+            reads = self._read_all()
+        ledger.end(handle, end, reads)
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
         self._emitter.task_ended(handle, exc)
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
 
-    @overload
-    def _read_all(self) -> list[ReadOutcome]: ...
-
-    @overload
-    def _read_all(self, exit_time: float) -> list[ReadOutcome] | None: ...
-
-    def _read_all(self, exit_time: float | None = None) -> list[ReadOutcome] | None:
-        """One read per device, outside the ledger lock; failures become outcomes.
-
-        At a task exit (``exit_time``), a device whose next sample cannot be
-        out yet is not read: its newest visible sample is already known; if
-        that holds for every device, nothing is read and the result is ``None``.
-        """
+    def _read_all(self) -> list[ReadOutcome]:
+        """One read per device, outside the ledger lock; failures become outcomes."""
         if self._closed:
             closed = TrackerClosedError("the tracker was closed while the task ran")
             return [closed] * self._device_count
-        plan = self._ledger.read_plan(exit_time)
-        if plan is None:
-            return None
         read = self._session.read
         index = self._read_index
         reads: list[ReadOutcome] = []
-        for channel, since in enumerate(plan):
-            if since is None:
-                reads.append(_NOTHING_NEW)
-                continue
+        for channel, since in enumerate(self._ledger.read_plan()):
             try:
                 reads.append(read(index[channel], since))
             except Exception as exc:  # noqa: BLE001 - any driver fault is a failed reading
