@@ -511,8 +511,13 @@ class Ledger:
                 return {service_name: self._snapshot(service)}
             return {name: self._snapshot(s) for name, s in self._services.items()}
 
-    def reset(self, service_name: str | None = None) -> None:
-        """Zero counters; running tasks go on and count from now on (rule 10)."""
+    def reset(self, service_name: str | None = None) -> dict[str, ServiceStats]:
+        """Zero counters; running tasks go on and count from now on (rule 10).
+
+        Returns:
+            The figures that were zeroed, snapshotted under the same lock (the
+            metrics carry them so exported counters never go down).
+        """
         with self._lock:
             now = self._clock()
             targets = (
@@ -520,12 +525,14 @@ class Ledger:
                 if service_name is None
                 else [s for s in (self._services.get(service_name),) if s is not None]
             )
+            zeroed = {service.name: self._snapshot(service) for service in targets}
             for service in targets:
                 service.floor = now
                 service.totals = [0.0, 0.0, 0.0]
                 service.task_count = 0
                 service.covered = service.missing = 0.0
                 service.status = self._base_status
+            return zeroed
 
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""

@@ -301,7 +301,7 @@ class Tracker:
         """Zero one service's figures (or all); running tasks go on counting from now."""
         if service is not None:
             _check_service(service)
-        self._ledger.reset(service)
+        self._emitter.reset(service, self._ledger.reset)
 
     def poll(self) -> None:
         """One sampling tick now, on the caller's thread.

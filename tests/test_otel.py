@@ -1,0 +1,1136 @@
+"""Spans and metrics through the OpenTelemetry SDK (spec section 4), name for name.
+
+Every test injects its own tracer and meter providers (in-memory span exporter,
+in-memory metric reader) into a tracker on the simulated GPU and the fake clock,
+so the figures are exact. Tests of the global providers swap the API's globals
+with ``monkeypatch`` and get them restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
+from opentelemetry.util._once import Once
+
+import gputime
+from gputime import Tracker
+from gputime import _otel as otel_module
+from gputime._backends import Reading
+from gputime._backends._base import DeviceInfo
+from gputime.testing import FakeClock, SimulatedGpu
+
+P = 1 / 6
+
+
+# -- fixtures and helpers --------------------------------------------------------------------
+
+
+@dataclass
+class Sdk:
+    """An SDK set up for one test: spans land in ``spans``, metrics in ``reader``."""
+
+    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
+    tracer_provider: TracerProvider = field(default_factory=TracerProvider)
+    meter_provider: MeterProvider | None = None
+
+    def __post_init__(self) -> None:
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def span(self, name: str) -> ReadableSpan:
+        found = [s for s in self.spans() if s.name == name]
+        assert len(found) == 1, [s.name for s in self.spans()]
+        return found[0]
+
+    def metrics(self) -> dict[str, Any]:
+        """Metric name -> the SDK's metric, from one collection."""
+        data = self.reader.get_metrics_data()
+        out: dict[str, Any] = {}
+        if data is None:
+            return out
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    out[metric.name] = (scope_metrics.scope, metric)
+        return out
+
+    def points(self, name: str, metrics: Mapping[str, Any] | None = None) -> dict[Any, Any]:
+        """Data points of one metric keyed by their attributes (as sorted tuples)."""
+        metrics = self.metrics() if metrics is None else metrics
+        if name not in metrics:
+            return {}
+        _, metric = metrics[name]
+        return {tuple(sorted(point.attributes.items())): point for point in metric.data.data_points}
+
+    def value(self, name: str, service: str = "nmt") -> float:
+        point = self.points(name).get((("gputime.service", service),))
+        assert point is not None, f"no {name} point for {service}"
+        return float(point.value)
+
+    def close(self) -> None:
+        self.tracer_provider.shutdown()
+        assert self.meter_provider is not None
+        self.meter_provider.shutdown()
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    setup = Sdk()
+    yield setup
+    setup.close()
+
+
+@pytest.fixture
+def traced(gpu: SimulatedGpu, sdk: Sdk) -> Iterator[Tracker]:
+    """A tracker on the simulated GPU whose spans and metrics go to ``sdk``."""
+    with Tracker(
+        backend=gpu,
+        threaded=False,
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+    ) as tracker:
+        yield tracker
+
+
+@pytest.fixture
+def busy(gpu: SimulatedGpu) -> SimulatedGpu:
+    gpu.set_utilization(100)
+    return gpu
+
+
+@pytest.fixture
+def fresh_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset global tracer and meter providers, restored after the test."""
+    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
+    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER_SET_ONCE", Once())
+    monkeypatch.setattr(
+        metrics_internal, "_PROXY_METER_PROVIDER", metrics_internal._ProxyMeterProvider()
+    )
+    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
+    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
+
+
+class MyError(Exception):
+    class NestedError(Exception):
+        pass
+
+
+def _current_span_id() -> int:
+    return otel_trace.get_current_span().get_span_context().span_id
+
+
+# -- spans -----------------------------------------------------------------------------------
+
+
+class TestSpan:
+    def test_one_internal_span_named_after_the_service(self, traced: Tracker, sdk: Sdk):
+        with traced.gpu_task("nmt"):
+            pass
+        (span,) = sdk.spans()
+        assert span.name == "gpu_task nmt"
+        assert span.kind is SpanKind.INTERNAL
+        assert span.instrumentation_scope is not None
+        assert span.instrumentation_scope.name == "gputime"
+        assert span.instrumentation_scope.version == gputime.__version__
+        assert span.status.status_code is StatusCode.UNSET
+        assert span.events == ()
+
+    def test_name_argument_names_the_span(self, traced: Tracker, sdk: Sdk):
+        with traced.gpu_task("nmt", name="translate batch"):
+            pass
+        assert [s.name for s in sdk.spans()] == ["translate batch"]
+
+    def test_attributes_and_values_against_the_simulated_gpu(
+        self, traced: Tracker, sdk: Sdk, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        with traced.gpu_task("nmt") as task:
+            gpu.set_utilization(50)
+            clock.advance(6 * P)
+        span = sdk.span("gpu_task nmt")
+        attrs = dict(span.attributes or {})
+        assert attrs == {
+            "gputime.service": "nmt",
+            "gputime.gpu.busy_ms": pytest.approx(1000.0),
+            "gputime.gpu.util_ms": pytest.approx(500.0),
+            "gputime.gpu.ids": ("SIM-0",),
+            "gputime.task.concurrency": 1,
+            "gputime.status": "ok",
+        }
+        assert attrs["gputime.gpu.busy_ms"] == task.gpu_ms
+        assert attrs["gputime.gpu.util_ms"] == task.gpu_util_ms
+        assert isinstance(attrs["gputime.gpu.busy_ms"], float)
+        assert isinstance(attrs["gputime.gpu.util_ms"], float)
+        assert isinstance(attrs["gputime.task.concurrency"], int)
+        assert "gputime.gpu.energy_mj" not in attrs  # the simulated GPU measures no energy
+        assert "error.type" not in attrs
+
+    def test_two_devices_are_listed_and_summed(self, sdk: Sdk, clock: FakeClock):
+        gpu = SimulatedGpu(devices=2, clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, tracer_provider=sdk.tracer_provider)
+        with tracker, tracker.gpu_task("nmt"):
+            gpu.set_utilization(100, device=0)
+            gpu.set_utilization(100, device=1)
+            clock.advance(6 * P)
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["gputime.gpu.ids"] == ("SIM-0", "SIM-1")
+        assert attrs["gputime.gpu.busy_ms"] == pytest.approx(2000.0)
+
+    def test_concurrency_counts_running_tasks_of_the_service_at_entry(
+        self, traced: Tracker, sdk: Sdk
+    ):
+        with (
+            traced.gpu_task("nmt", name="first"),
+            traced.gpu_task("tts", name="other service"),
+            traced.gpu_task("nmt", name="second"),
+        ):
+            pass
+        concurrency = {
+            s.name: (s.attributes or {})["gputime.task.concurrency"] for s in sdk.spans()
+        }
+        assert concurrency == {"first": 1, "other service": 1, "second": 2}
+
+    def test_status_partial_when_a_reading_failed(
+        self, traced: Tracker, sdk: Sdk, gpu: SimulatedGpu, clock: FakeClock, busy
+    ):
+        with traced.gpu_task("nmt"):
+            clock.advance(2 * P)
+            gpu.fail_reads(1)
+            traced.poll()
+            clock.advance(2 * P)
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["gputime.status"] == "partial"
+
+    def test_status_unavailable_without_a_gpu(self, sdk: Sdk):
+        tracker = Tracker(backend="none", threaded=False, tracer_provider=sdk.tracer_provider)
+        with tracker, tracker.gpu_task("nmt"):
+            pass
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["gputime.status"] == "unavailable"
+        assert attrs["gputime.gpu.ids"] == ()
+        assert attrs["gputime.gpu.busy_ms"] == 0.0
+
+    def test_user_attributes_pass_through_with_their_types(self, traced: Tracker, sdk: Sdk):
+        given = {
+            "model": "nllb-600m",
+            "batch": 8,
+            "temperature": 0.5,
+            "warm": True,
+            "langs": ["en", "fr"],
+        }
+        with traced.gpu_task("nmt", attributes=given):
+            pass
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["model"] == "nllb-600m"
+        assert attrs["batch"] == 8
+        assert attrs["temperature"] == 0.5
+        assert attrs["warm"] is True
+        assert attrs["langs"] == ("en", "fr")
+
+    def test_user_attributes_cannot_overwrite_the_measurement(
+        self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy
+    ):
+        with traced.gpu_task(
+            "nmt", attributes={"gputime.gpu.busy_ms": -1.0, "gputime.service": "forged"}
+        ):
+            clock.advance(3 * P)
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["gputime.gpu.busy_ms"] == pytest.approx(500.0)
+        assert attrs["gputime.service"] == "nmt"
+
+    def test_spans_started_inside_are_children(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        with tracer.start_as_current_span("request") as request:
+            with traced.gpu_task("nmt"), tracer.start_as_current_span("kernel"):
+                pass
+            # The task's span is no longer current once it ended.
+            assert _current_span_id() == request.get_span_context().span_id
+        task = sdk.span("gpu_task nmt")
+        kernel = sdk.span("kernel")
+        assert task.parent is not None
+        assert task.parent.span_id == request.get_span_context().span_id
+        assert kernel.parent is not None
+        assert kernel.parent.span_id == task.context.span_id
+        assert task.context.trace_id == kernel.context.trace_id
+
+    def test_root_span_when_nothing_is_current(self, traced: Tracker, sdk: Sdk):
+        with traced.gpu_task("nmt"):
+            pass
+        assert sdk.span("gpu_task nmt").parent is None
+
+    def test_decorated_function(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+
+        @traced.gpu_task("nmt")
+        def translate() -> int:
+            with tracer.start_as_current_span("inner"):
+                return 42
+
+        assert translate() == 42
+        assert sdk.span("inner").parent.span_id == sdk.span("gpu_task nmt").context.span_id  # type: ignore[union-attr]
+
+    def test_thread_with_copied_context_parents_under_the_task(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+
+        def work() -> None:
+            with tracer.start_as_current_span("in thread"):
+                pass
+
+        with traced.gpu_task("nmt"):
+            ctx = contextvars.copy_context()
+            thread = threading.Thread(target=ctx.run, args=(work,))
+            thread.start()
+            thread.join()
+        child = sdk.span("in thread")
+        assert child.parent is not None
+        assert child.parent.span_id == sdk.span("gpu_task nmt").context.span_id
+
+
+@pytest.mark.asyncio
+class TestAsync:
+    async def test_coroutine_span_is_current_across_awaits(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+
+        @traced.gpu_task("tts")
+        async def synth(n: int) -> None:
+            await asyncio.sleep(0)
+            with tracer.start_as_current_span(f"step {n}"):
+                await asyncio.sleep(0)
+
+        with tracer.start_as_current_span("request"):
+            await asyncio.gather(synth(1), synth(2))
+        request = sdk.span("request")
+        tasks = [s for s in sdk.spans() if s.name == "gpu_task tts"]
+        assert len(tasks) == 2
+        assert {t.parent.span_id for t in tasks if t.parent} == {request.context.span_id}
+        by_id = {t.context.span_id for t in tasks}
+        steps = [sdk.span("step 1"), sdk.span("step 2")]
+        parents = {s.parent.span_id for s in steps if s.parent}
+        assert parents == by_id  # each step under its own task's span
+
+    async def test_async_with(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        async with traced.gpu_task("tts"):
+            await asyncio.sleep(0)
+            with tracer.start_as_current_span("inner"):
+                pass
+        assert sdk.span("inner").parent.span_id == sdk.span("gpu_task tts").context.span_id  # type: ignore[union-attr]
+        assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+
+    async def test_cancellation_is_not_an_error(self, traced: Tracker, sdk: Sdk):
+        started = asyncio.Event()
+
+        @traced.gpu_task("tts")
+        async def synth() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        job = asyncio.ensure_future(synth())
+        await started.wait()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        span = sdk.span("gpu_task tts")
+        assert span.status.status_code is StatusCode.UNSET
+        assert "error.type" not in (span.attributes or {})
+        assert span.events == ()
+        assert span.end_time is not None
+        points = sdk.points("gputime.task.duration")
+        assert list(points) == [(("gputime.service", "tts"),)]
+
+    async def test_async_generator_span_current_only_while_it_runs(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        seen: list[int] = []
+
+        @traced.gpu_task("tts")
+        async def chunks() -> AsyncIterator[int]:
+            for i in range(2):
+                seen.append(_current_span_id())
+                with tracer.start_as_current_span(f"chunk {i}"):
+                    pass
+                yield i
+
+        with tracer.start_as_current_span("consumer") as consumer:
+            async for _ in chunks():
+                assert _current_span_id() == consumer.get_span_context().span_id
+        task = sdk.span("gpu_task tts")
+        assert seen == [task.context.span_id] * 2
+        assert sdk.span("chunk 1").parent.span_id == task.context.span_id  # type: ignore[union-attr]
+        assert task.parent.span_id == consumer.get_span_context().span_id  # type: ignore[union-attr]
+
+    async def test_async_generator_closed_early_is_not_an_error(self, traced: Tracker, sdk: Sdk):
+        @traced.gpu_task("tts")
+        async def chunks() -> AsyncIterator[int]:
+            for i in range(10):
+                yield i
+
+        stream = chunks()
+        assert await stream.__anext__() == 0
+        await stream.aclose()  # type: ignore[attr-defined]
+        span = sdk.span("gpu_task tts")
+        assert span.status.status_code is StatusCode.UNSET
+        assert "error.type" not in (span.attributes or {})
+
+
+class TestGenerator:
+    def test_span_current_only_while_the_body_runs(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        seen: list[int] = []
+
+        @traced.gpu_task("nmt")
+        def tokens() -> Iterator[int]:
+            for i in range(3):
+                seen.append(_current_span_id())
+                yield i
+
+        with tracer.start_as_current_span("consumer") as consumer:
+            for _ in tokens():
+                assert _current_span_id() == consumer.get_span_context().span_id
+        task = sdk.span("gpu_task nmt")
+        assert seen == [task.context.span_id] * 3
+        assert task.parent.span_id == consumer.get_span_context().span_id  # type: ignore[union-attr]
+        assert task.status.status_code is StatusCode.UNSET
+
+    def test_closed_early_is_not_an_error(self, traced: Tracker, sdk: Sdk):
+        closed_in: list[int] = []
+
+        @traced.gpu_task("nmt")
+        def tokens() -> Iterator[int]:
+            try:
+                yield 1
+                yield 2
+            finally:
+                closed_in.append(_current_span_id())
+
+        stream = tokens()
+        next(stream)
+        stream.close()
+        span = sdk.span("gpu_task nmt")
+        assert closed_in == [span.context.span_id]  # the cleanup ran under the task's span
+        assert span.status.status_code is StatusCode.UNSET
+        assert span.events == ()
+
+    def test_raising_generator_is_an_error(self, traced: Tracker, sdk: Sdk):
+        @traced.gpu_task("nmt")
+        def tokens() -> Iterator[int]:
+            yield 1
+            raise MyError("bad token")
+
+        with pytest.raises(MyError):
+            list(tokens())
+        span = sdk.span("gpu_task nmt")
+        assert span.status.status_code is StatusCode.ERROR
+        assert (span.attributes or {})["error.type"] == f"{__name__}.MyError"
+
+
+class TestErrors:
+    def test_exception_marks_the_span_once(self, traced: Tracker, sdk: Sdk, clock, busy):
+        error = MyError("out of memory")
+
+        @traced.gpu_task("nmt")
+        def fail() -> None:
+            clock.advance(3 * P)
+            raise error
+
+        with pytest.raises(MyError) as raised:
+            fail()
+        assert raised.value is error  # the same object propagates
+        span = sdk.span("gpu_task nmt")
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == "MyError: out of memory"
+        attrs = span.attributes or {}
+        assert attrs["error.type"] == f"{__name__}.MyError"
+        assert attrs["gputime.status"] == "ok"  # the measurement was complete
+        assert attrs["gputime.gpu.busy_ms"] == pytest.approx(500.0)
+        assert [event.name for event in span.events] == ["exception"]
+        event_attrs = span.events[0].attributes or {}
+        assert event_attrs["exception.message"] == "out of memory"
+
+    def test_builtin_exception_has_the_bare_name(self, traced: Tracker, sdk: Sdk):
+        @traced.gpu_task("nmt")
+        def fail() -> None:
+            raise ValueError("no")
+
+        with pytest.raises(ValueError, match="no"):
+            fail()
+        assert (sdk.span("gpu_task nmt").attributes or {})["error.type"] == "ValueError"
+
+    def test_nested_class_uses_the_qualified_name(self, traced: Tracker, sdk: Sdk):
+        with pytest.raises(MyError.NestedError), traced.gpu_task("nmt"):
+            raise MyError.NestedError
+        attrs = sdk.span("gpu_task nmt").attributes or {}
+        assert attrs["error.type"] == f"{__name__}.MyError.NestedError"
+
+    @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+    def test_base_exceptions_that_stop_work_are_not_errors(
+        self, traced: Tracker, sdk: Sdk, kind: type[BaseException]
+    ):
+        with pytest.raises(kind), traced.gpu_task("nmt"):
+            raise kind
+        span = sdk.span("gpu_task nmt")
+        assert span.status.status_code is StatusCode.UNSET
+        assert "error.type" not in (span.attributes or {})
+        assert span.events == ()
+
+    def test_error_type_names(self):
+        assert otel_module.error_type(KeyError("k")) == "KeyError"
+        assert otel_module.error_type(asyncio.TimeoutError()) in ("TimeoutError",)
+        assert otel_module.error_type(MyError()) == f"{__name__}.MyError"
+
+    def test_error_type_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.setattr(otel_module, "_error_types", {})
+        for i in range(600):
+            kind = type(f"Made{i}", (Exception,), {})
+            assert otel_module.error_type(kind()) == f"{__name__}.Made{i}"
+        assert len(otel_module._error_types) == 512
+
+
+class TestSpanFalse:
+    def test_adds_the_attributes_to_the_current_span(
+        self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy
+    ):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        with (
+            tracer.start_as_current_span("request"),
+            traced.gpu_task("nmt", span=False, attributes={"model": "m"}),
+        ):
+            clock.advance(3 * P)
+        (request,) = sdk.spans()
+        attrs = request.attributes or {}
+        assert attrs["gputime.service"] == "nmt"
+        assert attrs["gputime.gpu.busy_ms"] == pytest.approx(500.0)
+        assert attrs["gputime.status"] == "ok"
+        assert attrs["model"] == "m"
+
+    def test_leaves_the_owners_error_handling_alone(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+        with (
+            tracer.start_as_current_span("request"),
+            pytest.raises(MyError),
+            traced.gpu_task("nmt", span=False),
+        ):
+            raise MyError
+        (request,) = sdk.spans()
+        assert request.status.status_code is StatusCode.UNSET
+        assert "error.type" not in (request.attributes or {})
+
+    def test_no_current_span_makes_nothing(self, traced: Tracker, sdk: Sdk):
+        @traced.gpu_task("nmt", span=False)
+        def work() -> int:
+            return 1
+
+        assert work() == 1
+        assert sdk.spans() == []
+
+    def test_generator_with_span_false(self, traced: Tracker, sdk: Sdk):
+        tracer = sdk.tracer_provider.get_tracer("test")
+
+        @traced.gpu_task("nmt", span=False)
+        def tokens() -> Iterator[int]:
+            yield 1
+
+        with tracer.start_as_current_span("request"):
+            assert list(tokens()) == [1]
+        (request,) = sdk.spans()
+        assert (request.attributes or {})["gputime.service"] == "nmt"
+
+
+class TestNobodyListens:
+    def test_no_op_providers_do_no_span_work(self, gpu: SimulatedGpu):
+        with Tracker(
+            backend=gpu,
+            threaded=False,
+            tracer_provider=NoOpTracerProvider(),
+            meter_provider=NoOpMeterProvider(),
+        ) as tracker:
+            emitter = tracker._emitter
+            assert emitter._tracer is None
+            assert emitter._histogram is None
+            before = otel_context.get_current()
+            with tracker.gpu_task("nmt") as task:
+                assert task._otel is None
+                assert otel_context.get_current() is before  # nothing attached
+
+    def test_unset_global_providers_do_no_work_then_pick_up_an_sdk(
+        self, fresh_globals: None, gpu: SimulatedGpu, sdk: Sdk
+    ):
+        with Tracker(backend=gpu, threaded=False) as tracker:
+            emitter = tracker._emitter
+            with tracker.gpu_task("nmt") as task:
+                assert task._otel is None
+            assert emitter._tracer is None
+            assert emitter._histogram is None
+            otel_trace.set_tracer_provider(sdk.tracer_provider)
+            otel_metrics.set_meter_provider(sdk.meter_provider)  # type: ignore[arg-type]
+            with tracker.gpu_task("nmt"):
+                pass
+        assert [s.name for s in sdk.spans()] == ["gpu_task nmt"]
+        duration = sdk.points("gputime.task.duration")
+        assert duration[(("gputime.service", "nmt"),)].count == 1  # only the task after the SDK
+        # The observable counters came over from the proxy meter by themselves.
+        assert sdk.value("gputime.task.active") == 0
+        assert sdk.value("gputime.gpu.busy_time") == 0.0
+
+    def test_global_providers_already_set(self, fresh_globals: None, gpu: SimulatedGpu, sdk: Sdk):
+        otel_trace.set_tracer_provider(sdk.tracer_provider)
+        otel_metrics.set_meter_provider(sdk.meter_provider)  # type: ignore[arg-type]
+        with Tracker(backend=gpu, threaded=False) as first, first.gpu_task("nmt"):
+            pass
+        # An injected provider that is the global one shares the global instruments.
+        with (
+            Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as second,
+            second.gpu_task("nmt"),
+        ):
+            pass
+        assert len(sdk.spans()) == 2
+        assert sdk.points("gputime.task.duration")[(("gputime.service", "nmt"),)].count == 2
+
+    def test_global_provider_that_is_a_no_op(self, fresh_globals: None, gpu: SimulatedGpu):
+        otel_trace.set_tracer_provider(NoOpTracerProvider())
+        otel_metrics.set_meter_provider(NoOpMeterProvider())
+        with Tracker(backend=gpu, threaded=False) as tracker, tracker.gpu_task("nmt") as task:
+            assert task._otel is None
+        assert tracker._emitter._tracer is None
+        assert tracker._emitter._histogram is None
+
+    def test_sdk_set_later_to_a_no_op(self, fresh_globals: None, gpu: SimulatedGpu):
+        with Tracker(backend=gpu, threaded=False) as tracker:
+            otel_trace.set_tracer_provider(NoOpTracerProvider())
+            otel_metrics.set_meter_provider(NoOpMeterProvider())
+            with tracker.gpu_task("nmt") as task:
+                assert task._otel is None
+            assert tracker._emitter._tracer_pending is False
+            assert tracker._emitter._metrics_pending is False
+
+    def test_global_meter_provider_found_without_the_private_global(
+        self, fresh_globals: None, monkeypatch: pytest.MonkeyPatch, sdk: Sdk
+    ):
+        # Should a future API rename its module global, the public getter decides.
+        monkeypatch.setattr(otel_module, "_metrics_internal", object())
+        assert otel_module._global_meter_provider() is None
+        otel_metrics.set_meter_provider(sdk.meter_provider)  # type: ignore[arg-type]
+        assert otel_module._global_meter_provider() is sdk.meter_provider
+
+    def test_sampled_out_span_is_current_but_gets_no_attributes(self, gpu: SimulatedGpu):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=ALWAYS_OFF)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracker = Tracker(backend=gpu, threaded=False, tracer_provider=provider)
+        with tracker, tracker.gpu_task("nmt") as task:
+            span, _ = task._otel  # type: ignore[misc]
+            assert otel_trace.get_current_span() is span
+            assert not span.is_recording()
+        assert exporter.get_finished_spans() == ()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class TestMetrics:
+    def test_names_units_and_scope(self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy):
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        metrics = sdk.metrics()
+        units = {name: metric.unit for name, (_, metric) in metrics.items()}
+        assert units == {
+            "gputime.gpu.busy_time": "s",
+            "gputime.gpu.util_time": "s",
+            "gputime.task.duration": "s",
+            "gputime.task.active": "{task}",
+        }  # no gputime.gpu.energy: the simulated GPU measures none
+        for scope, _ in metrics.values():
+            assert scope.name == "gputime"
+            assert scope.version == gputime.__version__
+        _, busy_time = metrics["gputime.gpu.busy_time"]
+        assert busy_time.data.is_monotonic
+        _, active = metrics["gputime.task.active"]
+        assert not active.data.is_monotonic
+
+    def test_counters_are_the_service_totals_in_seconds(
+        self, traced: Tracker, sdk: Sdk, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        with traced.gpu_task("nmt"):
+            gpu.set_utilization(50)
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()  # the sample covering the end arrives (the settle)
+        stats = traced.stats("nmt")
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(stats.gpu_ms / 1000)
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        assert sdk.value("gputime.gpu.util_time") == pytest.approx(0.5)
+        assert sdk.value("gputime.task.active") == 0
+
+    def test_long_task_shows_before_it_ends_and_overlap_counts_once(
+        self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy
+    ):
+        with traced.gpu_task("nmt"):
+            with traced.gpu_task("nmt"):
+                clock.advance(6 * P)
+                traced.poll()
+                assert sdk.value("gputime.task.active") == 2
+                assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+            clock.advance(6 * P)
+            traced.poll()
+            assert sdk.value("gputime.task.active") == 1
+            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(2.0)
+        assert sdk.value("gputime.task.active") == 0
+
+    def test_duration_histogram(self, traced: Tracker, sdk: Sdk, clock: FakeClock):
+        with traced.gpu_task("nmt"):
+            clock.advance(0.25)
+
+        @traced.gpu_task("nmt")
+        def fail() -> None:
+            clock.advance(2.0)
+            raise MyError
+
+        with pytest.raises(MyError):
+            fail()
+        points = sdk.points("gputime.task.duration")
+        ok = points[(("gputime.service", "nmt"),)]
+        failed = points[(("error.type", f"{__name__}.MyError"), ("gputime.service", "nmt"))]
+        assert isinstance(ok, HistogramDataPoint)
+        assert (ok.count, ok.sum) == (1, pytest.approx(0.25))
+        assert (failed.count, failed.sum) == (1, pytest.approx(2.0))
+        assert tuple(ok.explicit_bounds) == otel_module.DURATION_BUCKETS
+        assert ok.explicit_bounds[0] == 0.001
+        assert ok.explicit_bounds[-1] == 600.0
+
+    def test_services_are_separate_series(self, traced: Tracker, sdk: Sdk, clock, busy):
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        with traced.gpu_task("tts"):
+            clock.advance(3 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time", "nmt") == pytest.approx(1.0)
+        assert sdk.value("gputime.gpu.busy_time", "tts") == pytest.approx(0.5)
+
+    def test_energy_where_the_backend_measures_it(self, sdk: Sdk, clock: FakeClock):
+        backend = PoweredGpu(clock, watts=200.0)
+        with Tracker(
+            backend=backend,
+            threaded=False,
+            tracer_provider=sdk.tracer_provider,
+            meter_provider=sdk.meter_provider,
+        ) as tracker:
+            with tracker.gpu_task("nmt") as task:
+                backend.gpu.set_utilization(100)
+                clock.advance(6 * P)
+            clock.advance(P)
+            tracker.poll()
+            assert task.energy_mj == pytest.approx(200_000.0)
+            attrs = sdk.span("gpu_task nmt").attributes or {}
+            assert attrs["gputime.gpu.energy_mj"] == pytest.approx(200_000.0)
+            _, energy = sdk.metrics()["gputime.gpu.energy"]
+            assert energy.unit == "J"
+            assert sdk.value("gputime.gpu.energy") == pytest.approx(200.0)
+
+
+class PoweredGpu:
+    """A simulated GPU that also reports a constant power draw (milliwatts)."""
+
+    name = "powered"
+
+    def __init__(self, clock: FakeClock, watts: float) -> None:
+        self.gpu = SimulatedGpu(clock=clock)
+        self.clock = clock
+        self.milliwatts = watts * 1000.0
+
+    def open(self, *, clock: Any, devices: Any, attribution: Any) -> _PoweredSession:
+        inner = self.gpu.open(clock=clock, devices=devices, attribution="device")
+        return _PoweredSession(self, inner)
+
+
+class _PoweredSession:
+    def __init__(self, backend: PoweredGpu, inner: Any) -> None:
+        self._backend = backend
+        self._inner = inner
+        self.devices: tuple[DeviceInfo, ...] = tuple(inner.devices)
+        self.measures_utilization = True
+        self.measures_energy = True
+        self.sample_period = inner.sample_period
+
+    def read(self, device: int, since: float) -> Reading:
+        reading = self._inner.read(device, since)
+        power = [(end, self._backend.milliwatts) for end, _ in reading.utilization]
+        return Reading(utilization=reading.utilization, power=power)
+
+    def close(self) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        pass
+
+
+class TestResetKeepsCountersMonotonic:
+    def test_reset_noticed_at_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        traced.reset("nmt")
+        assert traced.stats("nmt").gpu_ms == 0.0
+        with traced.gpu_task("nmt"):
+            clock.advance(3 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
+        assert sdk.value("gputime.gpu.util_time") == pytest.approx(1.5)
+
+    def test_never_decreases_even_when_a_reset_is_missed(
+        self, traced: Tracker, sdk: Sdk, clock, busy
+    ):
+        with traced.gpu_task("nmt"):
+            clock.advance(3 * P)
+        clock.advance(P)
+        traced.poll()
+        seen = [sdk.value("gputime.gpu.busy_time")]
+        for seconds in (1.0, 0.25, 2.0):
+            traced.reset()
+            with traced.gpu_task("nmt"):
+                clock.advance(seconds)
+            clock.advance(P)
+            traced.poll()
+            seen.append(sdk.value("gputime.gpu.busy_time"))
+        assert seen == sorted(seen)
+
+    def test_reset_hook_is_exact(self, traced: Tracker, sdk: Sdk, clock, busy):
+        # What Tracker.reset does once wired to the emitter (see the report): the
+        # ledger's reset returns the snapshots it zeroed, under its own lock.
+        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
+            before = traced._ledger.stats(service)
+            traced._ledger.reset(service)
+            return before
+
+        with traced.gpu_task("nmt"):
+            clock.advance(3 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        # No collection between this growth and the reset, and the growth after the
+        # reset exceeds what was there: only the hook can count it all.
+        traced._emitter.reset("nmt", ledger_reset)
+        with traced.gpu_task("nmt"):
+            clock.advance(12 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5 + 1.0 + 2.0)
+        traced._emitter.reset(None, ledger_reset)
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(3.5)
+
+    def test_reset_hook_before_any_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
+        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
+            before = traced._ledger.stats(service)
+            traced._ledger.reset(service)
+            return before
+
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        traced._emitter.reset("nmt", ledger_reset)
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+
+    def test_reset_hook_without_metrics(self, gpu: SimulatedGpu):
+        calls: list[str | None] = []
+        with Tracker(backend=gpu, threaded=False, meter_provider=NoOpMeterProvider()) as t:
+            t._emitter.reset("nmt", calls.append)  # type: ignore[arg-type]
+        assert calls == ["nmt"]
+
+    def test_reset_hook_tolerates_a_ledger_that_returns_nothing(
+        self, traced: Tracker, sdk: Sdk, clock, busy
+    ):
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        traced._emitter.reset("nmt", traced._ledger.reset)  # type: ignore[arg-type]
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+
+
+class TestSharedProvider:
+    def test_trackers_on_one_provider_add_up(self, sdk: Sdk, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        gpu.set_utilization(100)
+        kwargs: dict[str, Any] = {
+            "backend": gpu,
+            "threaded": False,
+            "meter_provider": sdk.meter_provider,
+        }
+        with Tracker(**kwargs) as first, Tracker(**kwargs) as second:
+            with first.gpu_task("nmt"):
+                clock.advance(6 * P)
+            with second.gpu_task("nmt"):
+                clock.advance(3 * P)
+            clock.advance(P)
+            first.poll()
+            second.poll()
+            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
+            with first.gpu_task("nmt"), second.gpu_task("nmt"):
+                assert sdk.value("gputime.task.active") == 2
+
+    def test_a_collected_tracker_leaves_its_counts(self, sdk: Sdk, clock: FakeClock):
+        gpu = SimulatedGpu(clock=clock)
+        gpu.set_utilization(100)
+        tracker = Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider)
+        with tracker.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        tracker.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        tracker.close()
+        del tracker
+        gc.collect()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        with Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as again:
+            with again.gpu_task("nmt"):
+                clock.advance(3 * P)
+            clock.advance(P)
+            again.poll()
+            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
+
+    def test_a_reused_id_keeps_the_counts_of_the_collected_tracker(
+        self, sdk: Sdk, gpu: SimulatedGpu
+    ):
+        class Gone:
+            pass
+
+        gone = Gone()
+        dead = weakref.ref(gone)
+        del gone
+        with Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as tracker:
+            metric_set = tracker._emitter._metric_set
+            assert metric_set is not None
+            # A collected tracker that had counted 1 s, whose id the new one got
+            # before any collection noticed it was gone.
+            key = id(tracker._emitter)
+            metric_set._members[key] = (dead, {"nmt": [1.0, 0.5, -1.0]})  # type: ignore[dict-item]
+            metric_set.join(tracker._emitter)
+            with tracker.gpu_task("nmt"):
+                pass
+            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+            assert sdk.value("gputime.gpu.util_time") == pytest.approx(0.5)
+
+    def test_an_explicit_proxy_provider_counts_as_the_global_one(
+        self, fresh_globals: None, gpu: SimulatedGpu
+    ):
+        proxy = otel_metrics.get_meter_provider()
+        with Tracker(backend=gpu, threaded=False, meter_provider=proxy) as tracker:
+            assert tracker._emitter._metrics_pending
+            assert tracker._emitter._histogram is None
+
+
+class TestCardinality:
+    def test_services_past_the_cap_share_the_overflow_series(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        sdk: Sdk,
+        clock: FakeClock,
+    ):
+        monkeypatch.setenv(otel_module.MAX_SERVICES_ENV, "2")
+        gpu = SimulatedGpu(clock=clock)
+        gpu.set_utilization(100)
+        with Tracker(
+            backend=gpu,
+            threaded=False,
+            tracer_provider=sdk.tracer_provider,
+            meter_provider=sdk.meter_provider,
+        ) as tracker:
+            with caplog.at_level(logging.WARNING, logger="gputime"):
+                for service in ("a", "b", "c", "d", "e"):
+                    with tracker.gpu_task(service):
+                        clock.advance(3 * P)
+            clock.advance(P)
+            tracker.poll()
+            busy = sdk.points("gputime.gpu.busy_time")
+            overflow = (("gputime.service", "_overflow"), ("otel.metric.overflow", True))
+            assert set(busy) == {(("gputime.service", "a"),), (("gputime.service", "b"),), overflow}
+            assert busy[overflow].value == pytest.approx(1.5)
+            assert sdk.points("gputime.task.duration")[overflow].count == 3
+            assert sdk.points("gputime.task.active")[overflow].value == 0
+        warnings = [r for r in caplog.records if "service names" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "'c'" in warnings[0].getMessage()
+        # Spans keep the real names.
+        assert {(s.attributes or {})["gputime.service"] for s in sdk.spans()} == set("abcde")
+
+    @pytest.mark.parametrize("raw", ["0", "many"])
+    def test_a_bad_cap_falls_back_to_the_default(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raw: str
+    ):
+        monkeypatch.setenv(otel_module.MAX_SERVICES_ENV, raw)
+        with caplog.at_level(logging.WARNING, logger="gputime"):
+            assert otel_module._max_services() == otel_module.MAX_SERVICES
+        assert otel_module.MAX_SERVICES_ENV in caplog.text
+
+
+# -- faults never reach user code -------------------------------------------------------------
+
+
+class Broken:
+    """Stands in for any OpenTelemetry object: every call raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"broken {name}")
+
+        return fail
+
+
+class TestFaults:
+    def test_a_provider_that_fails_at_set_up(
+        self, gpu: SimulatedGpu, caplog: pytest.LogCaptureFixture
+    ):
+        with caplog.at_level(logging.WARNING, logger="gputime"):
+            tracker = Tracker(
+                backend=gpu,
+                threaded=False,
+                tracer_provider=Broken(),  # type: ignore[arg-type]
+                meter_provider=Broken(),  # type: ignore[arg-type]
+            )
+        with tracker, tracker.gpu_task("nmt"):
+            pass
+        assert tracker.stats("nmt").task_count == 1
+        assert "otel.tracer failed" in caplog.text
+        assert "otel.meter failed" in caplog.text
+
+    def test_a_tracer_that_fails_per_span(
+        self, gpu: SimulatedGpu, caplog: pytest.LogCaptureFixture
+    ):
+        provider = TracerProvider()
+        with Tracker(backend=gpu, threaded=False, tracer_provider=provider) as tracker:
+            tracker._emitter._tracer = Broken()  # type: ignore[assignment]
+            with caplog.at_level(logging.WARNING, logger="gputime"):
+                for _ in range(3):
+                    with tracker.gpu_task("nmt"):
+                        pass
+        assert caplog.text.count("otel.span failed") == 1
+
+    def test_a_span_that_fails_to_end(self, gpu: SimulatedGpu, caplog, sdk: Sdk):
+        tracker = Tracker(backend=gpu, threaded=False, tracer_provider=sdk.tracer_provider)
+        with (
+            tracker,
+            caplog.at_level(logging.WARNING, logger="gputime"),
+            tracker.gpu_task("nmt") as task,
+        ):
+            span, token = task._otel  # type: ignore[misc]
+            task._otel = (BrokenSpan(span), token)
+        assert "otel.span failed" in caplog.text
+        assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN  # still detached
+
+    def test_a_failing_histogram(self, traced: Tracker, caplog: pytest.LogCaptureFixture):
+        traced._emitter._histogram = Broken()  # type: ignore[assignment]
+        with caplog.at_level(logging.WARNING, logger="gputime"), traced.gpu_task("nmt"):
+            pass
+        assert "otel.metric failed" in caplog.text
+
+    def test_a_failing_collection(
+        self, traced: Tracker, sdk: Sdk, monkeypatch: pytest.MonkeyPatch, caplog
+    ):
+        with traced.gpu_task("nmt"):
+            pass
+
+        def broken_stats(service: str | None = None) -> Any:
+            raise RuntimeError("ledger on fire")
+
+        monkeypatch.setattr(traced, "stats", broken_stats)
+        with caplog.at_level(logging.WARNING, logger="gputime"):
+            assert sdk.points("gputime.gpu.busy_time") == {}
+        assert "otel.metric failed" in caplog.text
+
+    def test_failing_activation(self, traced: Tracker, monkeypatch: pytest.MonkeyPatch, caplog):
+        @traced.gpu_task("nmt")
+        def tokens() -> Iterator[int]:
+            yield 1
+
+        monkeypatch.setattr(otel_module.otel_context, "attach", Broken().attach)
+        monkeypatch.setattr(otel_module.otel_context, "detach", Broken().detach)
+        with caplog.at_level(logging.WARNING, logger="gputime"):
+            assert list(tokens()) == [1]
+            traced._emitter.deactivate(object())
+        assert "otel.context failed" in caplog.text
+
+    def test_a_failing_borrowed_span(self, traced: Tracker, monkeypatch, caplog):
+        monkeypatch.setattr(otel_module.otel_trace, "get_current_span", Broken().get)
+        with caplog.at_level(logging.WARNING, logger="gputime"), traced.gpu_task("nmt", span=False):
+            pass
+        assert "otel.span failed" in caplog.text
+
+    def test_global_resolution_faults(
+        self, fresh_globals: None, gpu: SimulatedGpu, monkeypatch, caplog
+    ):
+        with Tracker(backend=gpu, threaded=False) as tracker:
+            monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", Broken())
+            monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", Broken())
+            with caplog.at_level(logging.WARNING, logger="gputime"), tracker.gpu_task("nmt"):
+                pass
+        assert "otel.tracer failed" in caplog.text
+        assert "otel.meter failed" in caplog.text
+
+
+class BrokenSpan:
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def is_recording(self) -> bool:
+        return True
+
+    def set_attributes(self, attributes: Any) -> None:
+        raise RuntimeError("attributes refused")
+
+    def end(self) -> None:
+        self._span.end()
+        raise RuntimeError("end refused")
+
+
+class TestFork:
+    def test_child_starts_from_zero(self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy):
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
+        # What the at-fork hook runs in a child, run here on this state.
+        traced._ledger.clear_after_fork()
+        otel_module._reinit_in_child()
+        assert traced._emitter._carry == {}
+        with traced.gpu_task("nmt"):
+            clock.advance(3 * P)
+        clock.advance(P)
+        traced.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
