@@ -156,11 +156,13 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
     # closure call costs a sixth of a proxy's (see docs/performance.md).
 
     def _decorate_function(self, func: Callable[..., R]) -> Callable[..., R]:
-        start = self._start
+        spec = self
 
         @functools.wraps(func)
         def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
-            handle = start()
+            # self._start() written out: this is the per-call cost users pay.
+            tracker = spec.tracker or _default._default or _default.get_tracker()
+            handle = tracker._start_task(spec, True)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
@@ -190,12 +192,13 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
     def _decorate_coroutine(
         self, func: Callable[..., Awaitable[R]]
     ) -> Callable[..., Coroutine[Any, Any, R]]:
-        start = self._start
+        spec = self
 
         @functools.wraps(func)
         async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
             # Entered when the coroutine first runs: the task covers the await.
-            handle = start()
+            tracker = spec.tracker or _default._default or _default.get_tracker()
+            handle = tracker._start_task(spec, True)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
