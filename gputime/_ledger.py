@@ -9,9 +9,11 @@ covers a stretch ``(t0, t1]``. Each service keeps two piecewise-linear running
 totals over time, ``A(t)`` (time it was active) and ``W(t)`` (attribution
 weighted active time: ``W = A`` for ``device``; for ``split`` ``W`` grows at
 ``1/N`` while ``N`` services are active). The sample credits the service
-``v * (W(t1) - W(t0))``, exact to the microsecond of the window edges, in
-O(log n). A task is credited the same way over its own window from the sample
-history kept while it runs.
+``v * (W(t1) - W(t0))``, exact at the window edges, into cumulative sums that
+only grow. A task's figure is the difference of its service's sums between
+two *marks*, snapshots of those sums at the task's start and end, each taken
+when the sample covering that instant is ingested: O(devices) per task however
+long it runs, and no sample history kept.
 """
 
 from __future__ import annotations
@@ -29,19 +31,22 @@ Status = Literal["ok", "partial", "unavailable"]
 
 _STATUS_RANK: dict[Status, int] = {"ok": 0, "partial": 1, "unavailable": 2}
 
-#: Totals are kept as ``[busy_ms, util_ms, energy_mj]``.
-_BUSY, _UTIL, _ENERGY = 0, 1, 2
+# A service's sums per channel: [busy seconds (W-weighted, above the
+# threshold), value x W (percent-seconds, or milliwatt-seconds = mJ for power),
+# seconds covered by readings, seconds missing]. Busy is unused for power.
+_BUSY, _WEIGHTED, _COVERED, _MISSING = 0, 1, 2, 3
+Sums = list[float]
 
 # Window edges and sample ends come from float arithmetic; stretches shorter
 # than this are rounding noise, not missing data.
 _EPS = 1e-9
 
-# Task exits tidy up (histories, settled services, breakpoints) every this many
-# exits; sampler ticks and polls tidy up every time.
+# Task exits tidy up (settled services, breakpoints) every this many exits;
+# sampler ticks and polls tidy up every time.
 _FORGET_EVERY = 32
 
-# Histories and breakpoint lists are pruned when they reach this length, then
-# again at twice what was left: amortised O(1) per sample however long a task runs.
+# Breakpoint lists and pending-mark lists are pruned when they reach this
+# length, then again at twice what was left: amortised O(1) per change.
 _PRUNE_MIN = 64
 
 
@@ -86,6 +91,39 @@ class Figures(NamedTuple):
 #: The figures of every task where no GPU figure can exist (the ``none`` backend).
 _UNAVAILABLE = Figures(0.0, 0.0, None, "unavailable", 0.0)
 
+#: Figures kept as a plain tuple in ``Figures``' field order: building a named
+#: tuple costs several times more, and every task exit makes one.
+FiguresTuple = tuple[float, float, float | None, Status, float]
+
+
+class _Mark:
+    """A snapshot of one service's sums at one instant, per channel.
+
+    The value for a channel is known once the sample covering the instant was
+    ingested on that channel (or at once, where that sample was ingested
+    already). Task records are marks of their start; task ends and resets make
+    plain marks.
+    """
+
+    __slots__ = ("_done", "_svc", "_values")
+
+    _svc: _Service
+
+    def __init__(self) -> None:
+        self._values: list[Sums | None] | None = None
+        # Done: nobody reads the mark any more; pending lists drop it.
+        self._done = False
+
+    def fill(self, slot: int, sums: Sums, slots: int) -> None:
+        values = self._values
+        if values is None:
+            values = self._values = [None] * slots
+        values[slot] = sums
+
+    def get(self, slot: int) -> Sums | None:
+        values = self._values
+        return None if values is None else values[slot]
+
 
 class _Channel:
     """Ingest state of one device's stream of samples (utilisation or power).
@@ -93,29 +131,33 @@ class _Channel:
     ``horizon`` is the time up to which samples were credited: a sample ending
     at or before it is never credited again, which is what lets the sampler
     thread and task-exit reads on other threads read concurrently without
-    double counting. ``history`` keeps the credited samples a running task may
-    still need, as ``(start, end, value)``.
+    double counting. ``pending`` holds the marks, in no particular order,
+    waiting for the sample that covers their instant.
     """
 
     __slots__ = (
-        "history",
-        "history_ends",
+        "device",
         "horizon",
         "is_power",
         "last_end",
         "last_value",
+        "pending",
         "prune_at",
         "since",
+        "slot",
     )
 
-    def __init__(self, is_power: bool) -> None:
+    def __init__(self, device: int, slot: int, is_power: bool) -> None:
+        #: Which read (device) feeds this channel.
+        self.device = device
+        #: Where this channel's sums sit in a service's (and a mark's) list.
+        self.slot = slot
         self.is_power = is_power
         # -inf until the first task wakes the channel and moves it to "now".
         self.horizon = -math.inf
         self.last_end: float | None = None
         self.last_value: float | None = None
-        self.history: list[tuple[float, float, float | None]] = []
-        self.history_ends: list[float] = []
+        self.pending: list[tuple[float, _Mark]] = []
         self.prune_at = _PRUNE_MIN
         #: What the next read asks from; kept current under the lock so that
         #: the read path can use it without taking the lock.
@@ -138,42 +180,39 @@ class _Channel:
 
 
 class _Service:
-    """One service's counts, totals and activity breakpoints.
+    """One service's counts, sums and activity breakpoints.
 
     Breakpoint ``i`` says: at time ``bp_t[i]`` the running totals were
     ``bps[i] = (A, W, rate)``, and from there ``W`` grows at ``rate`` (and
     ``A`` at 1 whenever ``rate`` is above 0). ``bp_t`` is kept apart for bisect.
+    ``sums`` only ever grow; ``reset_mark`` is where the figures since the
+    last reset start.
     """
 
     __slots__ = (
         "active",
         "bp_t",
         "bps",
-        "covered",
-        "floor",
+        "failed",
         "last_close",
-        "missing",
         "name",
         "prune_at",
-        "running",
-        "status",
+        "reset_mark",
+        "sums",
         "task_count",
-        "totals",
     )
 
-    def __init__(self, name: str, status: Status) -> None:
+    def __init__(self, name: str, channels: int) -> None:
         self.name = name
         self.active = 0
         self.task_count = 0
-        self.running: set[TaskRecord] = set()
         self.bp_t: list[float] = []
         self.bps: list[tuple[float, float, float]] = []
-        self.floor = -math.inf
         self.last_close = -math.inf
-        self.totals = [0.0, 0.0, 0.0]
-        self.covered = 0.0
-        self.missing = 0.0
-        self.status: Status = status
+        self.sums: list[Sums] = [[0.0, 0.0, 0.0, 0.0] for _ in range(channels)]
+        self.reset_mark: _Mark | None = None
+        #: A reading this service needed failed since its last reset.
+        self.failed = False
         self.prune_at = _PRUNE_MIN
 
     def at(self, t: float) -> tuple[float, float]:
@@ -208,10 +247,6 @@ class _Service:
         bp_t.append(t)
         self.bps.append((a, w, rate))
 
-    def weight(self, lo: float, hi: float) -> float:
-        """``W(hi) - W(lo)``."""
-        return self.at(hi)[1] - self.at(lo)[1]
-
     def forget_before(self, t: float) -> None:
         """Drop breakpoints no query at or after ``t`` needs."""
         i = bisect_right(self.bp_t, t) - 1
@@ -223,41 +258,27 @@ class _Service:
         self.bp_t.clear()
         self.bps.clear()
 
-    def worsen(self, status: Status) -> None:
-        if _STATUS_RANK[status] > _STATUS_RANK[self.status]:
-            self.status = status
 
-
-class TaskRecord:
-    """The ledger's side of one running or finished task.
+class TaskRecord(_Mark):
+    """The ledger's side of one running or finished task: the mark of its start.
 
     :class:`gputime.TaskHandle` extends it, so each task is one object.
     """
 
-    __slots__ = (
-        "_failed",
-        "_final",
-        "_generation",
-        "_svc",
-        "concurrency",
-        "end_time",
-        "start_time",
-    )
+    __slots__ = ("_fail_epoch", "_final", "_generation", "concurrency", "end_time", "start_time")
 
-    _svc: _Service
     _generation: int
+    _fail_epoch: int
     #: Running tasks of this service when this one began, itself included.
     concurrency: int
     #: Tracker clock when the task began.
     start_time: float
 
     def __init__(self) -> None:
+        super().__init__()
         #: Tracker clock when the task ended; ``None`` while it runs.
         self.end_time: float | None = None
-        self._failed = False
-        # Plain tuple in Figures' field order: building a named tuple costs
-        # several times more, and every task exit makes one.
-        self._final: tuple[float, float, float | None, Status, float] | None = None
+        self._final: FiguresTuple | None = None
 
 
 #: A device read as the ledger receives it: a reading, or the exception it raised.
@@ -297,18 +318,17 @@ class Ledger:
         clock: Callable[[], float],
     ) -> None:
         # The one lock. It guards every attribute below that is not marked
-        # immutable: the services and their counts, breakpoints and totals, the
-        # channels' horizons and histories, and the running-task records. No
-        # backend call and no user callback ever runs while it is held.
+        # immutable: the services and their counts, breakpoints and sums, the
+        # channels' horizons and pending marks, the marks' values. No backend
+        # call and no user callback ever runs while it is held.
         self._lock = threading.Lock()
         # Immutable after construction.
         self._clock = clock
         self._device_count = devices
         self._measures = measures_utilization
+        self._measures_energy = measures_energy
         self._partial_devices = bool(devices and unmeasured)
         self._measured_share = devices / (devices + unmeasured) if devices else 1.0
-        self._measures_energy = measures_energy
-        self._period = sample_period
         self._jitter = sample_jitter
         self._split = attribution == "split"
         self._threshold = threshold
@@ -320,7 +340,13 @@ class Ledger:
             else "ok"
         )
         # Guarded by the lock.
+        self._period = sample_period
         self._generation = 0
+        self._new_state()
+
+    def _new_state(self) -> None:
+        """Everything that a reset of the process (fork) starts afresh."""
+        devices = self._device_count
         self._services: dict[str, _Service] = {}
         self._active_services: list[_Service] = []
         self._tracking: set[_Service] = set()
@@ -328,10 +354,18 @@ class Ledger:
         self._last_close = -math.inf
         self._settle_deadline: float | None = None
         self._ends_since_forget = 0
+        # Bumped by every failed read: a task that sees it change was running
+        # while a reading it needed failed.
+        self._fail_epoch = 0
         #: See :meth:`_update_fresh_until`.
         self.fresh_until = -math.inf
-        self._util = [_Channel(is_power=False) for _ in range(devices)]
-        self._power = [_Channel(is_power=True) for _ in range(devices if measures_energy else 0)]
+        self._util = [_Channel(device, device, is_power=False) for device in range(devices)]
+        self._power = (
+            [_Channel(device, devices + device, is_power=True) for device in range(devices)]
+            if self._measures_energy
+            else []
+        )
+        self._channels = (*self._util, *self._power)
 
     # -- task lifecycle --------------------------------------------------------------
 
@@ -360,8 +394,8 @@ class Ledger:
             record.start_time = now
             record.concurrency = service.active
             record._generation = self._generation
+            record._fail_epoch = self._fail_epoch
             if self._device_count:
-                service.running.add(record)
                 if first_overall:
                     self._wake_channels(now)
                 if service.active == 1:
@@ -371,6 +405,7 @@ class Ledger:
                         self._split_rates(now)
                     else:
                         service.set_rate(now, 1.0)
+                self._place_mark(record, now)
             return first_overall
 
     def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None) -> bool:
@@ -380,7 +415,8 @@ class Ledger:
             record: What :meth:`begin` opened.
             end: The clock when the task ended, taken before the exit read.
             reads: One outcome per device, read after ``end``; ``None`` when
-                no device needed reading (see :meth:`read_plan`).
+                no read was made (nothing new could have been sampled, see
+                :attr:`fresh_until`).
         """
         with self._lock:
             if record._generation != self._generation or record.end_time is not None:
@@ -395,32 +431,48 @@ class Ledger:
                 record.end_time = end if end > record.start_time else record.start_time
                 record._final = _UNAVAILABLE
                 return last
-            service.running.discard(record)
-            # Breakpoints are appended in time order; a clock read on another
-            # thread just before ours may have added one a few microseconds later.
+            # Keep time in order: a breakpoint or a sample another thread added
+            # between our clock read and this lock moves the end up to it (by
+            # microseconds), so no credited stretch lies past the window's end.
             latest = service.bp_t[-1]
-            if end < latest:  # noqa: PLR1730 - max() costs a call on every task exit
+            for channel in self._channels:
+                if channel.horizon > latest:  # noqa: PLR1730 - no max() on every task exit
+                    latest = channel.horizon
+            if end < latest:  # noqa: PLR1730 - as above
                 end = latest
             record.end_time = end
-            if reads is not None:
-                self._ingest(reads)
-            record._final = self._task_figures(record, end, reads, final=True)
+            # Close the window before ingesting the exit reads, so that a sample
+            # reaching past the end credits the service only up to the end.
             if not service.active:
                 self._active_services.remove(service)
                 service.set_rate(end, 0.0)
                 service.last_close = end
                 if self._split:
                     self._split_rates(end)
+            end_mark = None
+            if reads is not None:
+                end_mark = _Mark()
+                end_mark._svc = service
+                for channel in self._channels:
+                    channel.pending.append((end, end_mark))
+                self._ingest(reads)
+                end_mark._done = True
+            record._final = self._task_figures(record, end, end_mark, reads)
+            record._done = True
             if last:
                 self._last_close = end
                 self._settle_deadline = end + self._period
+            for channel in self._channels:
+                pending = channel.pending
+                if pending and pending[-1][1] is record:
+                    pending.pop()  # the common sequential case; others go at the next tidy-up
             self._ends_since_forget += 1
             if self._ends_since_forget >= _FORGET_EVERY:
                 self._forget()
             return last
 
     def _add_service(self, name: str) -> _Service:
-        service = self._services[name] = _Service(name, self._base_status)
+        service = self._services[name] = _Service(name, len(self._channels))
         return service
 
     # -- sampling --------------------------------------------------------------------
@@ -445,22 +497,6 @@ class Ledger:
                 self._period = period
                 self._update_fresh_until()
 
-    def _update_fresh_until(self) -> None:
-        """Until ``fresh_until`` no driver can have a sample newer than the newest read.
-
-        A task exit before then need not read: the newest visible sample, which
-        its tail takes, is already known. Read lock-free by the exit path.
-        """
-        fresh = math.inf if self._util else -math.inf
-        lead = self._period - self._jitter
-        for channel in self._util:
-            last_end = channel.last_end
-            if last_end is None or channel.since < last_end:
-                fresh = -math.inf  # a read must still fetch the newest visible sample
-                break
-            fresh = min(fresh, last_end + lead)
-        self.fresh_until = fresh
-
     def wants_reading(self) -> bool:
         """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
         with self._lock:
@@ -472,10 +508,14 @@ class Ledger:
             self._ingest(reads)
             self._forget()
 
-    def settle_done(self) -> None:
-        """The sampler made its last read after the last task; park until the next."""
+    def settle_done(self, deadline: float | None) -> None:
+        """The sampler made the last read for ``deadline``; park until the next task.
+
+        Compare-and-clear: a task that began and ended meanwhile set a new
+        deadline, which still needs its own read.
+        """
         with self._lock:
-            if self._active_tasks == 0:
+            if self._active_tasks == 0 and self._settle_deadline == deadline:
                 self._settle_deadline = None
 
     # -- reading figures ---------------------------------------------------------------
@@ -492,7 +532,7 @@ class Ledger:
                 return _UNAVAILABLE
             if record._generation != self._generation:
                 return Figures(0.0, 0.0, None, "partial", 0.0)
-            return Figures(*self._task_figures(record, math.inf, None, final=False))
+            return Figures(*self._task_figures(record, None, None, None))
 
     def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:
         """Snapshots of one service (zeros if never seen) or of all of them."""
@@ -527,54 +567,78 @@ class Ledger:
             )
             zeroed = {service.name: self._snapshot(service) for service in targets}
             for service in targets:
-                service.floor = now
-                service.totals = [0.0, 0.0, 0.0]
+                old = service.reset_mark
+                if old is not None:
+                    old._done = True
+                mark = service.reset_mark = _Mark()
+                mark._svc = service
                 service.task_count = 0
-                service.covered = service.missing = 0.0
-                service.status = self._base_status
+                service.failed = False
+                if service.active or not self._settled_service(service):
+                    # A sample still to come may straddle the reset: only its
+                    # later part counts, so the mark waits for that sample.
+                    self._place_mark(mark, now)
+                else:
+                    self._fill_now(mark)
             return zeroed
 
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""
         self._lock = threading.Lock()
         self._generation += 1
-        self._services = {}
-        self._active_services = []
-        self._tracking = set()
-        self._active_tasks = 0
-        self._last_close = -math.inf
-        self._settle_deadline = None
-        self._ends_since_forget = 0
-        self.fresh_until = -math.inf
-        self._util = [_Channel(is_power=False) for _ in range(self._device_count)]
-        self._power = [_Channel(is_power=True) for _ in self._power]
+        self._new_state()
 
     # -- internals (all called with the lock held) ---------------------------------------
 
     def _settled(self) -> bool:
         """Whether every sample covering the last closed window was credited."""
         last_close = self._last_close - _EPS
-        # Loops, not all() over generators: this runs as every task after idle
-        # begins, and a generator costs more than the whole check.
-        for channel in self._util:
-            if channel.horizon < last_close:
-                return False
-        for channel in self._power:  # noqa: SIM110 - see above
+        # A loop, not all() over a generator: this runs as every task after
+        # idle begins, and a generator costs more than the whole check.
+        for channel in self._channels:  # noqa: SIM110 - see above
             if channel.horizon < last_close:
                 return False
         return True
 
+    def _settled_service(self, service: _Service) -> bool:
+        """Whether every sample covering the service's windows was credited."""
+        last_close = service.last_close - _EPS
+        return all(channel.horizon >= last_close for channel in self._channels)
+
     def _wake_channels(self, now: float) -> None:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
         if self._settled():
-            for channel in (*self._util, *self._power):
+            slots = len(self._channels)
+            for channel in self._channels:
+                if channel.pending:
+                    # Only resets can wait here (no task runs): their services
+                    # are settled, so their sums will not move over the idle
+                    # stretch the horizon now skips.
+                    for _, mark in channel.pending:
+                        if not mark._done:
+                            mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
+                    channel.pending = []
                 if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
                     channel.horizon = now
-                channel.history.clear()
-                channel.history_ends.clear()
                 channel.update_since(self._period)
             self._update_fresh_until()
         self._settle_deadline = None
+
+    def _update_fresh_until(self) -> None:
+        """Until ``fresh_until`` no driver can have a sample newer than the newest read.
+
+        A task exit before then need not read: the newest visible sample, which
+        its tail takes, is already known. Read lock-free by the exit path.
+        """
+        fresh = math.inf if self._util else -math.inf
+        lead = self._period - self._jitter
+        for channel in self._util:
+            last_end = channel.last_end
+            if last_end is None or channel.since < last_end:
+                fresh = -math.inf  # a read must still fetch the newest visible sample
+                break
+            fresh = min(fresh, last_end + lead)
+        self.fresh_until = fresh
 
     def _split_rates(self, now: float) -> None:
         """Under ``split``, the active services share each moment equally from ``now`` on."""
@@ -584,10 +648,36 @@ class Ledger:
             for service in active:
                 service.set_rate(now, rate)
 
+    def _place_mark(self, mark: _Mark, at: float) -> None:
+        """Have ``mark`` filled on each channel by the sample that covers ``at``."""
+        slots = len(self._channels)
+        for channel in self._channels:
+            if at >= channel.horizon:
+                channel.pending.append((at, mark))
+                if len(channel.pending) >= channel.prune_at:
+                    channel.pending = [p for p in channel.pending if not p[1]._done]
+                    channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.pending))
+            else:
+                # The covering sample was credited before the window opened
+                # (clock mapping jitter): the service got nothing for the
+                # sliver, and neither does the mark.
+                mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
+
+    def _fill_now(self, mark: _Mark) -> None:
+        """Fill what a mark still lacks with its service's sums now (they no longer move)."""
+        sums = mark._svc.sums
+        slots = len(self._channels)
+        for channel in self._channels:
+            if mark.get(channel.slot) is None:
+                mark.fill(channel.slot, list(sums[channel.slot]), slots)
+        mark._done = True  # complete: pending lists drop it
+
     def _ingest(self, reads: Sequence[ReadOutcome]) -> None:
         for device, outcome in enumerate(reads):
             if isinstance(outcome, BaseException):
-                self._read_failed()
+                self._read_failed(self._util[device])
+                if self._power:
+                    self._read_failed(self._power[device])
                 continue
             if outcome.utilization:
                 self._ingest_channel(self._util[device], outcome.utilization)
@@ -595,13 +685,15 @@ class Ledger:
                 self._ingest_channel(self._power[device], outcome.power)
         self._update_fresh_until()
 
-    def _read_failed(self) -> None:
-        # Every figure that needed this reading is partial, even if the samples
-        # are recovered by a later read (spec: "even if recovered later").
+    def _read_failed(self, channel: _Channel) -> None:
+        # Figures that needed this reading are partial, even if the samples
+        # are recovered by a later read (spec: "even if recovered later"). A
+        # service whose windows this device already covered needed nothing.
+        self._fail_epoch += 1
+        needed_after = channel.horizon + _EPS
         for service in self._tracking:
-            service.worsen("partial")
-            for record in service.running:
-                record._failed = True
+            if service.active or service.last_close > needed_after:
+                service.failed = True
 
     def _ingest_channel(
         self, channel: _Channel, samples: Sequence[tuple[float, float | None]]
@@ -613,198 +705,182 @@ class Ledger:
                 channel.last_value = value
             if end <= horizon:
                 continue
-            self._credit_services(channel, horizon, end, value)
-            channel.history.append((horizon, end, value))
-            channel.history_ends.append(end)
+            if channel.pending:
+                self._fill_marks(channel, horizon, end, value)
+            self._credit(channel, horizon, end, value)
             horizon = end
         channel.horizon = horizon
         channel.update_since(self._period)
 
-    def _credit_services(
-        self, channel: _Channel, start: float, end: float, value: float | None
-    ) -> None:
+    def _fill_marks(self, channel: _Channel, start: float, end: float, value: float | None) -> None:
+        """Fill the marks whose instant the sample ``(start, end]`` covers."""
+        slot = channel.slot
+        slots = len(self._channels)
+        waiting: list[tuple[float, _Mark]] = []
+        for at, mark in channel.pending:
+            if mark._done or mark.get(slot) is not None:
+                continue
+            if at > end:
+                waiting.append((at, mark))
+                continue
+            service = mark._svc
+            sums = list(service.sums[slot])
+            self._add(channel, sums, service, start, max(at, start), value)
+            mark.fill(slot, sums, slots)
+        channel.pending = waiting
+
+    def _credit(self, channel: _Channel, start: float, end: float, value: float | None) -> None:
+        """Credit the sample ``(start, end]`` to every service that may have been active."""
+        slot = channel.slot
         for service in self._tracking:
-            lo = max(start, service.floor)
-            if lo >= end:
-                continue
-            a0, w0 = service.at(lo)
-            a1, w1 = service.at(end)
+            self._add(channel, service.sums[slot], service, start, end, value)
+
+    def _add(
+        self,
+        channel: _Channel,
+        sums: Sums,
+        service: _Service,
+        lo: float,
+        hi: float,
+        value: float | None,
+    ) -> None:
+        """Add ``value`` over ``(lo, hi]`` of ``service``'s activity to ``sums``."""
+        if hi <= lo:
+            return
+        a0, w0 = service.at(lo)
+        a1, w1 = service.at(hi)
+        active = a1 - a0
+        if active <= 0.0:
+            return
+        if value is None:
+            sums[_MISSING] += active
+            return
+        sums[_COVERED] += active
+        if channel.is_power:
+            sums[_WEIGHTED] += value * (w1 - w0)
+        elif value > self._threshold:
             weight = w1 - w0
-            if channel.is_power:
-                if value is None:
-                    if a1 - a0 > _EPS:
-                        service.worsen("partial")
-                else:
-                    service.totals[_ENERGY] += value * weight
-                continue
-            if value is None:
-                service.missing += a1 - a0
-                if a1 - a0 > _EPS:
-                    service.worsen("partial")
-                continue
-            service.covered += a1 - a0
-            if value > self._threshold:
-                service.totals[_BUSY] += 1000.0 * weight
-                service.totals[_UTIL] += 10.0 * value * weight
+            sums[_BUSY] += weight
+            sums[_WEIGHTED] += value * weight
 
     def _task_figures(
         self,
         record: TaskRecord,
-        end: float,
+        end: float | None,
+        end_mark: _Mark | None,
         reads: Sequence[ReadOutcome] | None,
-        *,
-        final: bool,
-    ) -> tuple[float, float, float | None, Status, float]:
-        """Integrate a task's window up to ``end`` (``inf``: the newest sample).
+    ) -> FiguresTuple:
+        """A task's figures: live (``end`` is ``None``) or final.
 
-        ``final``: the task ended at ``end``; the tail after the newest sample
-        is included. ``reads`` are the exit reads (``None``: no device needed one).
-
-        On every task exit: written for speed (locals, one loop per channel).
+        Per channel, the sums at the end (the end mark, or the sums now plus
+        the tail after the newest sample, which takes that sample's value
+        unless the exit read failed) minus the sums at the start.
         """
         service = record._svc
         start = record.start_time
-        split = self._split
-        threshold = self._threshold
-        busy = covered = missing = 0.0
-        weighted = 0.0  # sum of value * weight: util_ms / 10
-        for device, channel in enumerate(self._util):
-            if not channel.history:
-                # The common short task: no sample inside it yet, only the tail
-                # (written out: this runs at every task exit).
-                horizon = channel.horizon
-                if not final or horizon >= end:
-                    continue
-                lo = start if start > horizon else horizon
-                length = end - lo
-                if reads is not None and isinstance(reads[device], BaseException):
-                    value = None
-                else:
-                    value = channel.last_value
-                if value is None:
-                    missing += length
-                    continue
-                covered += length
-                if value > threshold:
-                    weight = service.weight(lo, end) if split else length
-                    busy += weight
-                    weighted += value * weight
-                continue
-            for lo, hi, value in self._task_pieces(channel, start, end, reads, device, final):
-                if hi <= lo:
-                    continue
-                if value is None:
-                    missing += hi - lo
-                    continue
-                covered += hi - lo
-                if value > threshold:
-                    weight = service.weight(lo, hi) if split else hi - lo
-                    busy += weight
-                    weighted += value * weight
-        energy = 0.0
+        busy = weighted = covered = missing = energy = 0.0
         energy_missing = False
-        for device, channel in enumerate(self._power):
-            pieces = self._task_pieces(channel, start, end, reads, device, final)
-            for lo, hi, value in pieces:
-                if hi <= lo:
-                    continue
-                if value is None:
-                    energy_missing = True
-                else:
-                    energy += value * service.weight(lo, hi)
+        for channel in self._channels:
+            slot = channel.slot
+            at_start = record.get(slot)
+            at_end = end_mark.get(slot) if end_mark is not None else None
+            if at_end is None:
+                at_end = service.sums[slot]
+                if end is not None and channel.horizon < end:
+                    at_end = list(at_end)
+                    lo = start if start > channel.horizon else channel.horizon
+                    failed = reads is not None and isinstance(reads[channel.device], BaseException)
+                    value = None if failed else channel.last_value
+                    self._add(channel, at_end, service, lo, end, value)
+            if at_start is None:
+                if at_end is service.sums[slot]:
+                    continue  # live, and no sample inside the task yet
+                # No sample covered the start: the figure is the tail alone,
+                # which was added onto a copy of the sums now; take them off.
+                at_start = service.sums[slot]
+            if channel.is_power:
+                energy += at_end[_WEIGHTED] - at_start[_WEIGHTED]
+                energy_missing |= at_end[_MISSING] - at_start[_MISSING] > _EPS
+            else:
+                busy += at_end[_BUSY] - at_start[_BUSY]
+                weighted += at_end[_WEIGHTED] - at_start[_WEIGHTED]
+                covered += at_end[_COVERED] - at_start[_COVERED]
+                missing += at_end[_MISSING] - at_start[_MISSING]
         if not self._measures:
-            status: Status = "unavailable"
-            coverage = 0.0
-        else:
-            partial = record._failed or missing > _EPS or energy_missing
-            status = "partial" if partial or self._partial_devices else "ok"
-            seen = covered + missing
-            coverage = (covered / seen if seen > _EPS else 1.0) * self._measured_share
+            return 0.0, 0.0, None, "unavailable", 0.0
+        failed_read = record._fail_epoch != self._fail_epoch
+        partial = failed_read or missing > _EPS or energy_missing or self._partial_devices
+        seen = covered + missing
         return (
             1000.0 * busy,
             10.0 * weighted,
             energy if self._measures_energy else None,
-            status,
-            coverage,
+            "partial" if partial else "ok",
+            (covered / seen if seen > _EPS else 1.0) * self._measured_share,
         )
-
-    @staticmethod
-    def _task_pieces(
-        channel: _Channel,
-        start: float,
-        end: float,
-        reads: Sequence[ReadOutcome] | None,
-        device: int,
-        final: bool,
-    ) -> list[tuple[float, float, float | None]]:
-        """The stretches ``(lo, hi, value)`` of a channel inside a task's window.
-
-        Real samples up to the horizon (and ``end``); when ``final`` (the task
-        ended at ``end``), also the tail after the newest visible sample, which
-        takes that sample's value unless the exit read failed (then nothing is
-        guessed: ``None``).
-        """
-        horizon = channel.horizon
-        upto = horizon if end > horizon else end
-        history = channel.history
-        pieces: list[tuple[float, float, float | None]] = []
-        if history:
-            for s0, s1, value in history[bisect_right(channel.history_ends, start) :]:
-                if s0 >= upto:
-                    break
-                pieces.append((s0 if s0 > start else start, s1 if s1 < upto else upto, value))
-        if final and horizon < end:
-            failed = reads is not None and isinstance(reads[device], BaseException)
-            pieces.append(
-                (start if start > horizon else horizon, end, None if failed else channel.last_value)
-            )
-        return pieces
 
     def _forget(self) -> None:
-        """Drop history, breakpoints and settled services no future query needs."""
+        """Drop breakpoints, pending entries and settled services no one needs."""
         self._ends_since_forget = 0
-        channels = (*self._util, *self._power)
         floor = math.inf
-        for channel in channels:
+        for channel in self._channels:
             floor = min(floor, channel.horizon)
-        if self._active_tasks == 0:
-            for channel in channels:
-                channel.history.clear()
-                channel.history_ends.clear()
-        else:
-            for channel in channels:
-                if len(channel.history) >= channel.prune_at:
-                    cut = bisect_right(channel.history_ends, self._earliest_running_start())
-                    del channel.history[:cut], channel.history_ends[:cut]
-                    channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.history))
+            if channel.pending:
+                channel.pending = [p for p in channel.pending if not p[1]._done]
         for service in list(self._tracking):
             if service.active == 0 and service.last_close <= floor + _EPS:
-                # Settled: every sample covering its windows was credited.
+                # Settled: every sample covering its windows was credited; its
+                # sums no longer move, so a reset still waiting is known now.
                 self._tracking.discard(service)
                 service.forget_all()
+                mark = service.reset_mark
+                if mark is not None:
+                    self._fill_now(mark)
             elif len(service.bp_t) >= service.prune_at:
-                service.forget_before(min([floor, *(r.start_time for r in service.running)]))
+                # Every query from here on is at or after the oldest horizon.
+                service.forget_before(floor)
                 service.prune_at = max(_PRUNE_MIN, 2 * len(service.bp_t))
 
-    def _earliest_running_start(self) -> float:
-        return min(
-            (record.start_time for service in self._active_services for record in service.running),
-            default=math.inf,
-        )
-
     def _snapshot(self, service: _Service) -> ServiceStats:
+        busy = weighted = covered = missing = energy = 0.0
+        energy_missing = False
+        mark = service.reset_mark
+        for channel in self._channels:
+            now = service.sums[channel.slot]
+            if mark is None:
+                since = _ZEROS
+            else:
+                since_reset = mark.get(channel.slot)
+                if since_reset is None:
+                    continue  # the sample covering the reset has not come yet
+                since = since_reset
+            if channel.is_power:
+                energy += now[_WEIGHTED] - since[_WEIGHTED]
+                energy_missing |= now[_MISSING] - since[_MISSING] > _EPS
+            else:
+                busy += now[_BUSY] - since[_BUSY]
+                weighted += now[_WEIGHTED] - since[_WEIGHTED]
+                covered += now[_COVERED] - since[_COVERED]
+                missing += now[_MISSING] - since[_MISSING]
+        status = self._base_status
+        if status == "ok" and (service.failed or missing > _EPS or energy_missing):
+            status = "partial"
         if not self._measures:
             coverage = 0.0
         else:
-            seen = service.covered + service.missing
-            coverage = (service.covered / seen if seen > _EPS else 1.0) * self._measured_share
+            seen = covered + missing
+            coverage = (covered / seen if seen > _EPS else 1.0) * self._measured_share
         return ServiceStats(
             service=service.name,
             task_count=service.task_count,
             active_tasks=service.active,
-            gpu_ms=service.totals[_BUSY],
-            gpu_util_ms=service.totals[_UTIL],
-            energy_mj=service.totals[_ENERGY] if self._measures_energy else None,
-            status=service.status,
+            gpu_ms=1000.0 * busy,
+            gpu_util_ms=10.0 * weighted,
+            energy_mj=energy if self._measures_energy else None,
+            status=status,
             coverage=coverage,
         )
+
+
+#: Sums of a mark that starts at nothing.
+_ZEROS: Sums = [0.0, 0.0, 0.0, 0.0]

@@ -1,66 +1,66 @@
 """The one sampler thread a tracker shares across all services.
 
 Modelled on the OpenTelemetry SDK's batch processor: a named daemon thread that
-waits on events, parked (no backend reads) while no task runs, woken by the
-first task after idle, and stopped by :meth:`Sampler.close`, which sets a flag,
-wakes the thread and joins it with a timeout.
+waits on an event, parked (no backend reads) while no task runs, woken by the
+first task after idle and by the last task's end, and stopped by
+:meth:`Sampler.close`, which sets a flag, wakes the thread and joins it with a
+timeout. The thread holds its tracker only through a weak reference, so a
+tracker dropped without ``close()`` is still collected (and its thread ends).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import weakref
+from typing import Protocol
 
 _JOIN_TIMEOUT_S = 5.0
 
 
+class SamplerOwner(Protocol):
+    """What the sampler needs from its tracker."""
+
+    def _sampling_state(self) -> tuple[bool, float | None, float]:
+        """``(tasks running, settle deadline or None, clock now)``."""
+
+    def poll(self) -> None:
+        """One sampling tick."""
+
+    def _settle_done(self, deadline: float) -> None:
+        """The last read for ``deadline`` was made."""
+
+    def _report_fault(self, kind: str, exc: BaseException, where: object = None) -> None:
+        """Log a fault once per kind."""
+
+
 class Sampler:
-    """Runs ``tick`` every ``interval`` seconds while ``has_work`` says so.
+    """Ticks every ``interval`` seconds while tasks run, then once to settle.
 
     Args:
-        tick: One sampling tick (reads every device, feeds the ledger). Must not raise.
+        owner: The tracker; held weakly.
         interval: Seconds between ticks while tasks run.
-        seconds_to_settle: ``None`` while tasks run; once the last task ended,
-            the seconds until the final read that collects the sample covering
-            its end (it may be 0 or negative: read now).
-        settle_done: Called after that final read, before parking.
         name: The thread's name.
     """
 
-    def __init__(
-        self,
-        *,
-        tick: Callable[[], None],
-        interval: float,
-        active: Callable[[], bool],
-        seconds_to_settle: Callable[[], float | None],
-        settle_done: Callable[[], None],
-        name: str,
-    ) -> None:
-        self._tick = tick
+    def __init__(self, owner: SamplerOwner, *, interval: float, name: str) -> None:
+        self._owner = weakref.ref(owner)
         self._interval = interval
-        self._active = active
-        self._seconds_to_settle = seconds_to_settle
-        self._settle_done = settle_done
         self._name = name
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # A tracker collected without close() stops its thread.
+        weakref.finalize(owner, self.close, 0.0)
 
     @property
-    def running(self) -> bool:
-        """Whether the thread exists and is reading (not parked, not stopped)."""
+    def alive(self) -> bool:
+        """Whether the thread exists and has not been stopped."""
         thread = self._thread
-        return (
-            thread is not None
-            and thread.is_alive()
-            and not self._stop.is_set()
-            and (self._active() or self._seconds_to_settle() is not None)
-        )
+        return thread is not None and thread.is_alive() and not self._stop.is_set()
 
     def wake(self) -> None:
-        """The first task after idle began: start the thread or unpark it."""
+        """Something changed (first task after idle, last task ended): start or unpark."""
         if self._stop.is_set():
             return
         if self._thread is None:
@@ -76,7 +76,7 @@ class Sampler:
         self._stop.set()
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() and timeout > 0:
             thread.join(timeout)
 
     def after_fork(self) -> None:
@@ -90,22 +90,42 @@ class Sampler:
         stop, wake = self._stop, self._wake
         while not stop.is_set():
             wake.clear()
-            if self._active():
-                if stop.wait(self._interval):
-                    return
-                self._tick()
-                continue
-            remaining = self._seconds_to_settle()
-            if remaining is None:
-                wake.wait()  # parked: no reads until the next task (rule 1)
-                continue
-            # The last task ended: one more read once the driver has produced
-            # the sample covering its end, then park.
-            if remaining > 0 and stop.wait(min(remaining, self._interval)):
+            try:
+                timeout = self._step()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any fault
+                owner = self._owner()
+                if owner is not None:
+                    owner._report_fault("sampler", exc)
+                del owner
+                timeout = self._interval
+            if timeout is None:
                 return
-            if self._active():
-                continue
-            if remaining > self._interval:
-                continue
-            self._tick()
-            self._settle_done()
+            if timeout > 0:
+                wake.wait(timeout if timeout != float("inf") else None)
+
+    def _step(self) -> float | None:
+        """Do what is due now; return how long to wait (inf: parked; None: stop)."""
+        owner = self._owner()
+        if owner is None or self._stop.is_set():
+            return None
+        active, deadline, now = owner._sampling_state()
+        if active:
+            del owner  # no strong reference while waiting
+            # Woken early: the last task ended, or close(); look again.
+            if self._wake.wait(self._interval) or self._stop.is_set():
+                return 0.0
+            owner = self._owner()
+            if owner is None:
+                return None
+            owner.poll()
+            return 0.0
+        if deadline is None:
+            return float("inf")  # parked: no reads until the next task (rule 1)
+        remaining = deadline - now
+        if remaining > 0:
+            # The driver has not produced the sample covering the end yet; a
+            # task starting meanwhile wakes us (the deadline is looked up anew).
+            return min(remaining, self._interval)
+        owner.poll()
+        owner._settle_done(deadline)
+        return 0.0

@@ -57,8 +57,9 @@ class TaskHandle(TaskRecord):
     __slots__ = ("_cm_token", "_otel", "_spec", "_tracker", "error", "service")
 
     def __init__(self, tracker: Tracker, spec: _task.gpu_task) -> None:
+        self._values = None
+        self._done = False
         self.end_time = None
-        self._failed = False
         self._final = None
         self._tracker = tracker
         self._spec = spec
@@ -238,14 +239,7 @@ class Tracker:
         self._end_listeners: tuple[Listener, ...] = ()
         self._faults_logged: set[tuple[str, type[BaseException]]] = set()
         self._faults_lock = threading.Lock()
-        self._sampler = Sampler(
-            tick=self.poll,
-            interval=interval,
-            active=lambda: self._ledger.active_tasks > 0,
-            seconds_to_settle=self._seconds_to_settle,
-            settle_done=self._ledger.settle_done,
-            name=f"gputime-sampler-{id(self):x}",
-        )
+        self._sampler = Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
         self._emitter = Emitter(self, tracer_provider, meter_provider)
         self._closed = False
         _register_for_fork(self)
@@ -265,7 +259,10 @@ class Tracker:
     @property
     def sampler_running(self) -> bool:
         """Whether the background sampler is reading (not parked, not stopped)."""
-        return self._sampler.running
+        ledger = self._ledger
+        return self._sampler.alive and (
+            ledger.active_tasks > 0 or ledger.settle_deadline is not None
+        )
 
     @property
     def closed(self) -> bool:
@@ -374,7 +371,10 @@ class Tracker:
             reads = None  # nothing to read, or nothing new can have been sampled
         else:
             reads = self._read_all()
-        ledger.end(handle, end, reads)
+        if ledger.end(handle, end, reads) and self.threaded and self._device_count:
+            # The last task ended: the sampler makes its settle read one
+            # sample period from now, not at the end of its current wait.
+            self._sampler.wake()
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
         self._emitter.task_ended(handle, exc)
@@ -397,9 +397,13 @@ class Tracker:
                 reads.append(exc)
         return reads
 
-    def _seconds_to_settle(self) -> float | None:
-        deadline = self._ledger.settle_deadline
-        return None if deadline is None else deadline - self.clock()
+    def _sampling_state(self) -> tuple[bool, float | None, float]:
+        """For the sampler thread: tasks running, settle deadline, clock now."""
+        ledger = self._ledger
+        return ledger.active_tasks > 0, ledger.settle_deadline, self.clock()
+
+    def _settle_done(self, deadline: float) -> None:
+        self._ledger.settle_done(deadline)
 
     def _notify(self, listeners: tuple[Listener, ...], handle: TaskHandle, kind: str) -> None:
         for listener in listeners:
