@@ -10,6 +10,7 @@ tracker dropped without ``close()`` is still collected (and its thread ends).
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Protocol
@@ -101,7 +102,7 @@ class Sampler:
             if timeout is None:
                 return
             if timeout > 0:
-                wake.wait(timeout if timeout != float("inf") else None)
+                wake.wait(None if timeout == math.inf else timeout)
 
     def _step(self) -> float | None:
         """Do what is due now; return how long to wait (inf: parked; None: stop)."""
@@ -111,21 +112,23 @@ class Sampler:
         active, deadline, now = owner._sampling_state()
         if active:
             del owner  # no strong reference while waiting
-            # Woken early: the last task ended, or close(); look again.
-            if self._wake.wait(self._interval) or self._stop.is_set():
-                return 0.0
-            owner = self._owner()
-            if owner is None:
-                return None
-            owner.poll()
-            return 0.0
+            return self._tick_after_interval()
         if deadline is None:
-            return float("inf")  # parked: no reads until the next task (rule 1)
-        remaining = deadline - now
-        if remaining > 0:
+            return math.inf  # parked: no reads until the next task (rule 1)
+        if deadline > now:
             # The driver has not produced the sample covering the end yet; a
             # task starting meanwhile wakes us (the deadline is looked up anew).
-            return min(remaining, self._interval)
+            return min(deadline - now, self._interval)
         owner.poll()
         owner._settle_done(deadline)
+        return 0.0
+
+    def _tick_after_interval(self) -> float | None:
+        # Woken early: the last task ended, or close(); look again instead.
+        if self._wake.wait(self._interval) or self._stop.is_set():
+            return 0.0
+        owner = self._owner()
+        if owner is None:
+            return None
+        owner.poll()
         return 0.0
