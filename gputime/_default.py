@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, overload
 
@@ -39,11 +40,26 @@ def get_tracker() -> Tracker:
 
 
 def _create_default() -> Tracker:
+    # Built outside the lock (NVML can take a while to start, and a fork
+    # meanwhile must not leave the child a held lock), then published once.
     global _default
+    tracker = Tracker()
     with _lock:
         if _default is None:
-            _default = Tracker()
-        return _default
+            _default = tracker
+            return tracker
+        winner = _default
+    tracker.close()  # another thread published one first
+    return winner
+
+
+def _reinit_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_reinit_lock_in_child)
 
 
 @overload

@@ -8,6 +8,7 @@ concurrently in many threads and asyncio tasks.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -37,6 +38,10 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
     decorator on def, async def, generator and async-generator functions and
     methods. The decorated function keeps its name, docstring and signature.
 
+    One object may be entered many times at once (from several threads or
+    asyncio tasks, or nested); entries made in one context are left in
+    reverse order, as nested ``with`` blocks are.
+
     Args:
         service: The service the task belongs to.
         name: Span name; ``gpu_task {service}`` if ``None``.
@@ -52,7 +57,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         ValueError: ``service`` is empty or blank.
     """
 
-    __slots__ = ("_handles", "attributes", "name", "service", "span", "tracker")
+    __slots__ = ("_current", "_open", "attributes", "name", "service", "span", "tracker")
 
     def __init__(
         self,
@@ -72,7 +77,10 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         self.span = bool(span)
         self.attributes = _check_attributes(attributes)
         self.tracker = tracker
-        self._handles: contextvars.ContextVar[TaskHandle] | None = None
+        # Handles entered with ``with`` and not yet left, oldest first, and
+        # which of them is current in each context (made on first use).
+        self._open: list[TaskHandle] = []
+        self._current: contextvars.ContextVar[TaskHandle] | None = None
 
     # -- entering and leaving -----------------------------------------------------------
 
@@ -82,12 +90,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
 
     def __enter__(self) -> TaskHandle:
         handle = self._start()
-        handles = self._handles
-        if handles is None:
-            handles = self._handles = contextvars.ContextVar("gputime.task")
-        # The handle travels in a context variable, not on self: the same
-        # gpu_task object may be entered in many threads and tasks at once.
-        handle._cm_token = handles.set(handle)
+        current = self._current
+        if current is None:
+            current = self._current = contextvars.ContextVar("gputime.task")
+        handle._cm_token = current.set(handle)
+        self._open.append(handle)
         return handle
 
     def __exit__(
@@ -96,11 +103,38 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        handles = self._handles
-        assert handles is not None, "__exit__ without __enter__"
-        handle = handles.get()
-        handles.reset(handle._cm_token)  # type: ignore[arg-type] # set by __enter__
-        handle._tracker._end_task(handle, exc)
+        handle = self._leave()
+        if handle is not None:
+            handle._tracker._end_task(handle, exc)
+
+    def _leave(self) -> TaskHandle | None:
+        """The handle an exit closes; never raises into the user's ``with``.
+
+        With one handle open (a fresh ``gpu_task(...)`` per ``with``, the usual
+        case) it is that one, whatever context the exit runs in: a generator
+        holding the block may be resumed from another thread or task. When one
+        object is entered several times at once (shared between threads or
+        tasks, or nested), the context variable tells which entry this is.
+        """
+        open_handles = self._open
+        current = self._current
+        if not open_handles or current is None:
+            return None  # __exit__ without __enter__: nothing to close
+        handle = open_handles[-1]
+        if len(open_handles) > 1:
+            candidate = current.get(None)
+            if candidate is not None and candidate in open_handles:
+                handle = candidate
+        try:
+            open_handles.remove(handle)
+        except ValueError:  # another thread took the same fallback handle
+            return None
+        token = handle._cm_token
+        if isinstance(token, contextvars.Token):
+            # Left in another context than entered in: nothing to undo here.
+            with contextlib.suppress(ValueError, RuntimeError):
+                current.reset(token)
+        return handle
 
     async def __aenter__(self) -> TaskHandle:
         return self.__enter__()
@@ -140,11 +174,14 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             return type(func)(self(func.__func__))
         if not callable(func):
             raise TypeError(f"gpu_task decorates functions, not {type(func).__name__}")
-        if inspect.isasyncgenfunction(func):
+        # A callable object is also judged by its __call__: an async one must
+        # be measured over the await, not over making the coroutine.
+        kinds = (func, getattr(type(func), "__call__", None))
+        if any(inspect.isasyncgenfunction(kind) for kind in kinds):
             return self._decorate_async_generator(func)
-        if inspect.iscoroutinefunction(func):
+        if any(inspect.iscoroutinefunction(kind) for kind in kinds):
             return self._decorate_coroutine(func)
-        if inspect.isgeneratorfunction(func):
+        if any(inspect.isgeneratorfunction(kind) for kind in kinds):
             return self._decorate_generator(func)
         if inspect.isfunction(func) or inspect.ismethod(func):
             return self._decorate_function(func)

@@ -144,7 +144,10 @@ class SimulatedGpu:
             raise ValueError(f"percent={percent!r}: must be a number in [0, 100]")
         timeline = self._timeline(device)
         with self._lock:
-            timeline.set(self.clock(), float(percent))
+            now = self.clock()
+            timeline.set(now, float(percent))
+            # Keep what the buffer can still ask for, even if nobody reads.
+            timeline.forget_before((self._oldest_kept(now) - 1) * self.sample_period)
 
     def set_power(self, watts: float, device: int = 0) -> None:
         """Set ``device``'s power draw from the clock's current time on.
@@ -164,7 +167,9 @@ class SimulatedGpu:
             raise ValueError(f"watts={watts!r}: must be a finite number >= 0")
         self._timeline(device)
         with self._lock:
-            self._power[device].set(self.clock(), float(watts))
+            now = self.clock()
+            self._power[device].set(now, float(watts))
+            self._power[device].forget_before((self._oldest_kept(now) - 1) * self.sample_period)
 
     def fail_reads(self, times: int | None = None) -> None:
         """Make the next ``times`` reads fail; every read while ``times`` is ``None``.
@@ -180,12 +185,23 @@ class SimulatedGpu:
             self._failures_left = times
 
     def sample(self, k: int, device: int = 0) -> int:
-        """The value of sample ``k`` of ``device`` (whether visible yet or not)."""
+        """The value of sample ``k`` of ``device``, visible yet or not.
+
+        Raises:
+            ValueError: ``k`` is below 1 (the driver's first sample ends one
+                period after time 0) or no longer in the driver's buffer.
+        """
         timeline = self._timeline(device)
         period = self.sample_period
         with self._lock:
+            if k < self._oldest_kept(self.clock()):
+                raise ValueError(f"k={k!r}: sample no longer in the driver's buffer (or before 1)")
             mean = timeline.mean((k - 1) * period, k * period)
         return math.floor(mean + 0.5 + _EPS)
+
+    def _oldest_kept(self, now: float) -> int:
+        newest = math.floor(now / self.sample_period + _EPS)
+        return max(1, newest - self.buffer_samples + 1)
 
     def open(
         self,
@@ -244,10 +260,10 @@ class SimulatedGpu:
                 raise SimulatedReadError(f"simulated read failure on device {device}")
             now = self.clock()
             newest = math.floor(now / period + _EPS)
-            first = math.floor(since / period + _EPS) + 1
+            first = max(1, math.floor(since / period + _EPS) + 1)
             if first > newest:
                 return _NOTHING_NEW
-            oldest_kept = max(1, newest - self.buffer_samples + 1)
+            oldest_kept = self._oldest_kept(now)
             samples: list[Sample] = []
             if first < oldest_kept <= newest:
                 # The reader fell behind the ring buffer: that stretch is lost.
