@@ -176,7 +176,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             raise TypeError(f"gpu_task decorates functions, not {type(func).__name__}")
         # A callable object is also judged by its __call__: an async one must
         # be measured over the await, not over making the coroutine.
-        kinds = (func, getattr(type(func), "__call__", None))
+        kinds = (func, type(func).__call__)
         if any(inspect.isasyncgenfunction(kind) for kind in kinds):
             return self._decorate_async_generator(func)
         if any(inspect.iscoroutinefunction(kind) for kind in kinds):
