@@ -146,6 +146,24 @@ class TestBoundedMemory:
         assert task.gpu_ms == pytest.approx(306_000.0)
 
 
+class TestSettle:
+    def test_settle_done_clears_only_the_deadline_it_was_read_for(self, tracker, clock):
+        ledger = tracker._ledger
+        with tracker.gpu_task("a"):
+            clock.advance(0.1)
+        first = ledger.settle_deadline
+        assert first is not None
+        with tracker.gpu_task("b"):  # began and ended during the sampler's wait
+            clock.advance(0.1)
+        second = ledger.settle_deadline
+        assert second is not None
+        assert second > first
+        ledger.settle_done(first)
+        assert ledger.settle_deadline == second  # b's tail still needs its read
+        ledger.settle_done(second)
+        assert ledger.settle_deadline is None
+
+
 class TestLifecycle:
     def test_clear_after_fork_starts_at_zero(self, tracker: Tracker, gpu, clock):
         gpu.set_utilization(100)

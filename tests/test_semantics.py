@@ -6,11 +6,36 @@ and a tracker without a thread: only ``poll()`` and task exits read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from gputime import Tracker
+from gputime._backends import Attribution, Clock, DeviceSelector, Reading, Session
 from gputime.testing import FakeClock, SimulatedGpu
 from tests.conftest import P
+
+
+class SlowReads:
+    """A SimulatedGpu whose reads take ``latency`` seconds of the fake clock."""
+
+    name = "slow"
+
+    def __init__(self, gpu: SimulatedGpu, clock: FakeClock, latency: float) -> None:
+        self.gpu, self.clock, self.latency = gpu, clock, latency
+
+    def open(
+        self, *, clock: Clock, devices: Sequence[DeviceSelector] | None, attribution: Attribution
+    ) -> Session:
+        session = self.gpu.open(clock=clock, devices=devices, attribution=attribution)
+        original = session.read
+
+        def read(device: int, since: float) -> Reading:
+            self.clock.advance(self.latency)
+            return original(device, since)
+
+        session.read = read  # type: ignore[method-assign]
+        return session
 
 
 def run_task(tracker: Tracker, clock: FakeClock, service: str, seconds: float) -> float:
@@ -184,6 +209,30 @@ class TestWindows:
         assert gpu.sample(8) == 90
         assert task.gpu_util_ms == pytest.approx(90.0)
 
+    def test_exit_exactly_on_a_sample_boundary_takes_that_sample(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        # Six steps of P land a hair below 7 P in floats; the driver model
+        # shows sample 7 there, so the exit must read it, not skip the read.
+        with tracker.gpu_task("nmt") as task:
+            for _ in range(6):
+                clock.advance(P)
+            tracker.poll()
+            gpu.set_utilization(100)
+            clock.advance(P)
+        assert task.gpu_ms == pytest.approx(P * 1000)
+
+    def test_exit_read_latency_does_not_extend_the_service_window(self, clock: FakeClock):
+        gpu = SlowReads(SimulatedGpu(clock=clock), clock, latency=0.01)
+        tracker = Tracker(backend=gpu, threaded=False)
+        gpu.gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.99)  # the exit read then ends at 1.0, when sample 6 appears
+        clock.advance(1)
+        tracker.poll()
+        assert task.gpu_ms == pytest.approx(990.0)
+        assert tracker.stats("nmt").gpu_ms == pytest.approx(990.0)
+
     def test_running_task_shows_real_samples_so_far(
         self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
     ):
@@ -279,6 +328,15 @@ class TestMonotonic:
 
 class TestFailedReadings:
     """Rule 5: a failed reading counts nothing for its time and is reported."""
+
+    def test_a_failed_read_leaves_services_that_needed_nothing_ok(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "a", 1.0)  # its exit read covered its end: settled
+        clock.advance(5)
+        gpu.fail_reads(1)
+        run_task(tracker, clock, "b", 1.0)  # b's exit read fails
+        assert tracker.stats("b").status == "partial"
+        assert tracker.stats("a").status == "ok"
 
     def test_recovered_samples_count_but_the_status_stays_partial(self, tracker, gpu, clock):
         gpu.set_utilization(100)
@@ -393,6 +451,46 @@ class TestReset:
         stats = tracker.stats("nmt")
         assert stats.gpu_ms == pytest.approx(950.0)
         assert stats.task_count == 1
+
+    def test_reset_inside_a_sample_counts_only_its_later_part(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.05)
+            tracker.reset("nmt")  # sample 7 covers (1.0, 1.1667]: 0.1167 s after the reset
+            clock.advance(0.1167 - 0.0001)
+            tracker.poll()
+            assert tracker.stats("nmt").gpu_ms == pytest.approx(0.0)
+            clock.advance(0.0001 + 2 * P)
+            tracker.poll()
+            assert tracker.stats("nmt").gpu_ms == pytest.approx((9 * P - 1.05) * 1000)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("nmt").task_count == 1
+
+    def test_reset_after_the_window_closed_before_it_settled(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        clock.advance(0.05)
+        run_task(tracker, clock, "nmt", 1.0)  # ends at 1.05; sample 7 (to 1.1667) not out
+        tracker.reset("nmt")
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("nmt").gpu_ms == 0.0  # nothing of nmt's window is after the reset
+        run_task(tracker, clock, "nmt", 0.5)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("nmt").gpu_ms == pytest.approx(500.0)
+
+    def test_reset_twice_before_the_covering_sample(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.05)
+            tracker.reset("nmt")
+            clock.advance(0.05)
+            tracker.reset("nmt")  # at 1.1: only the 1.1 .. end stretch counts
+            clock.advance(0.4)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("nmt").gpu_ms == pytest.approx(400.0)
 
     def test_never_seen_service_reads_zeros(self, tracker):
         stats = tracker.stats("never")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterator, Iterator
@@ -287,6 +288,78 @@ class TestContextManager:
             raise KeyboardInterrupt
         assert task.error is None
         assert tracker.stats("tts").task_count == 1
+
+
+class TestContexts:
+    def test_with_block_in_a_generator_stepped_in_copied_contexts(self, tracker, clock):
+        # Starlette's iterate_in_threadpool steps sync generators this way.
+        def stream() -> Iterator[int]:
+            with tracker.gpu_task("tts"):
+                for i in range(3):
+                    clock.advance(0.1)
+                    yield i
+
+        gen = stream()
+        assert [contextvars.copy_context().run(next, gen) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(StopIteration):
+            contextvars.copy_context().run(next, gen)
+        stats = tracker.stats("tts")
+        assert (stats.task_count, stats.active_tasks) == (1, 0)
+
+    def test_async_generator_stepped_from_different_tasks(self, tracker, clock):
+        async def stream() -> AsyncIterator[int]:
+            async with tracker.gpu_task("agen"):
+                for i in range(2):
+                    clock.advance(0.1)
+                    yield i
+
+        async def main() -> list[int]:
+            agen = stream()
+            out = [await asyncio.create_task(agen.__anext__()) for _ in range(2)]
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.create_task(agen.__anext__())
+            return out
+
+        assert asyncio.run(main()) == [0, 1]
+        assert tracker.stats("agen").task_count == 1
+
+    def test_exit_without_enter_is_ignored(self, tracker):
+        gpu_task("x", tracker=tracker).__exit__(None, None, None)
+        assert tracker.stats() == {}
+
+
+class TestCallableObjects:
+    def test_async_call_is_measured_over_the_await(self, tracker, clock, busy):
+        class Model:
+            async def __call__(self, seconds: float) -> str:
+                await asyncio.sleep(0)
+                clock.advance(seconds)
+                return "done"
+
+        job = tracker.gpu_task("obj")(Model())
+        assert asyncio.run(job(1.0)) == "done"
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("obj").gpu_ms == pytest.approx(1000.0)
+
+    def test_generator_call_and_async_partial(self, tracker, clock, busy):
+        class Stream:
+            def __call__(self, n: int) -> Iterator[int]:
+                for i in range(n):
+                    clock.advance(0.5)
+                    yield i
+
+        async def synth(seconds: float) -> float:
+            clock.advance(seconds)
+            await asyncio.sleep(0)
+            return seconds
+
+        assert list(tracker.gpu_task("gen")(Stream())(2)) == [0, 1]
+        assert asyncio.run(tracker.gpu_task("part")(functools.partial(synth, 0.5))()) == 0.5
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("gen").gpu_ms == pytest.approx(1000.0)
+        assert tracker.stats("part").gpu_ms == pytest.approx(500.0)
 
 
 class TestDefaultTracker:

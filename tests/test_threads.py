@@ -7,6 +7,7 @@ timing, so they check counts (exact), invariants and the sampler's life cycle.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -194,6 +196,57 @@ class TestSampler:
             # total equals the task's figure up to the driver's rounding.
             assert tracker.stats("nmt").gpu_ms == pytest.approx(task.gpu_ms, abs=1.0)
 
+    def test_settle_read_comes_one_sample_period_after_the_end_not_an_interval(self):
+        gpu = SimulatedGpu(sample_period=0.05)
+        gpu.set_utilization(100)
+        with Tracker(backend=gpu, interval=5.0) as tracker:
+            with tracker.gpu_task("nmt") as task:
+                time.sleep(0.02)
+            ended = time.monotonic()
+            assert wait_until(lambda: not tracker.sampler_running, timeout=4.0)
+            assert time.monotonic() - ended < 2.0  # far less than the 5 s interval
+            # The settle read collected the sample covering the end: the whole
+            # window (at 100 %) is in the service total.
+            assert tracker.stats("nmt").gpu_ms == pytest.approx(1000 * task.duration, abs=0.5)
+
+    def test_a_dropped_tracker_is_collected_and_its_thread_ends(self, live_gpu: SimulatedGpu):
+        before = len(sampler_threads())
+        tracker = Tracker(backend=live_gpu, interval=0.01)
+        with tracker.gpu_task("nmt"):
+            time.sleep(0.02)
+        ref = weakref.ref(tracker)
+        del tracker
+        gc.collect()
+        assert ref() is None
+        assert wait_until(lambda: len(sampler_threads()) == before)
+
+    def test_sampler_survives_a_fault_outside_the_reads(self, caplog):
+        class Flaky(SimulatedGpu):
+            def open(self, **kwargs):  # type: ignore[no-untyped-def, override]
+                session = super().open(**kwargs)
+                outer = self
+
+                class FlakySession(type(session)):  # type: ignore[misc]
+                    @property
+                    def sample_period(self) -> float:
+                        outer.period_reads += 1
+                        if outer.period_reads in (3, 4):
+                            raise RuntimeError("driver hiccup")
+                        return 0.02
+
+                    @sample_period.setter
+                    def sample_period(self, value: float) -> None:
+                        pass
+
+                session.__class__ = FlakySession
+                return session
+
+        gpu = Flaky(sample_period=0.02)
+        gpu.period_reads = 0  # type: ignore[attr-defined]
+        with Tracker(backend=gpu, interval=0.01) as tracker, tracker.gpu_task("nmt"):
+            assert wait_until(lambda: gpu.reads > 5)  # ticks went on after the faults
+        assert any("driver hiccup" in r.getMessage() for r in caplog.records)
+
     def test_threaded_false_runs_no_thread(self, live_gpu: SimulatedGpu):
         before = len(sampler_threads())
         with Tracker(backend=live_gpu, threaded=False) as tracker:
@@ -257,6 +310,38 @@ def test_fork_child_starts_clean(live: Tracker, live_gpu: SimulatedGpu):
     assert os.waitstatus_to_exitcode(status) == 0, report
     assert live.stats("nmt").task_count == 1
     assert live.stats("tts").task_count == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_fork_while_another_thread_creates_the_default_tracker():
+    script = textwrap.dedent(
+        """
+        import os, signal, threading, time
+        import gputime
+        from gputime import _default
+        from gputime.testing import SimulatedGpu
+
+        real = _default.Tracker
+        def slow_tracker(*args, **kwargs):  # a slow nvmlInit, in another thread
+            time.sleep(1.0)
+            return real(backend=SimulatedGpu(), threaded=False)
+        _default.Tracker = slow_tracker
+        threading.Thread(target=gputime.get_tracker).start()
+        time.sleep(0.2)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            with gputime.gpu_task("nmt"):
+                pass
+            os._exit(0 if gputime.stats("nmt").task_count == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "child 0" in result.stdout, result.stderr
 
 
 def test_interpreter_exits_with_a_task_still_running():
