@@ -247,6 +247,10 @@ class _Service:
         bp_t.append(t)
         self.bps.append((a, w, rate))
 
+    def weight(self, lo: float, hi: float) -> float:
+        """``W(hi) - W(lo)``."""
+        return self.at(hi)[1] - self.at(lo)[1]
+
     def forget_before(self, t: float) -> None:
         """Drop breakpoints no query at or after ``t`` needs."""
         i = bisect_right(self.bp_t, t) - 1
@@ -405,7 +409,11 @@ class Ledger:
                         self._split_rates(now)
                     else:
                         service.set_rate(now, 1.0)
-                self._place_mark(record, now)
+                for channel in self._channels:
+                    if now >= channel.horizon:
+                        channel.pending.append((now, record))
+                    else:
+                        self._fill_from_sums(record, channel)
             return first_overall
 
     def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None) -> bool:
@@ -650,18 +658,17 @@ class Ledger:
 
     def _place_mark(self, mark: _Mark, at: float) -> None:
         """Have ``mark`` filled on each channel by the sample that covers ``at``."""
-        slots = len(self._channels)
         for channel in self._channels:
             if at >= channel.horizon:
                 channel.pending.append((at, mark))
-                if len(channel.pending) >= channel.prune_at:
-                    channel.pending = [p for p in channel.pending if not p[1]._done]
-                    channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.pending))
             else:
-                # The covering sample was credited before the window opened
-                # (clock mapping jitter): the service got nothing for the
-                # sliver, and neither does the mark.
-                mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
+                self._fill_from_sums(mark, channel)
+
+    def _fill_from_sums(self, mark: _Mark, channel: _Channel) -> None:
+        # The sample covering the mark's instant was credited already (clock
+        # mapping jitter puts a sample end a little past "now"): the sums now
+        # are the sums at the mark, give or take that sliver.
+        mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), len(self._channels))
 
     def _fill_now(self, mark: _Mark) -> None:
         """Fill what a mark still lacks with its service's sums now (they no longer move)."""
@@ -772,40 +779,58 @@ class Ledger:
     ) -> FiguresTuple:
         """A task's figures: live (``end`` is ``None``) or final.
 
-        Per channel, the sums at the end (the end mark, or the sums now plus
-        the tail after the newest sample, which takes that sample's value
-        unless the exit read failed) minus the sums at the start.
+        Per channel, the sums at the end (the end mark, else the sums now) less
+        the sums at the start; when final and the end is past the newest
+        sample, plus the tail, which takes that sample's value unless the exit
+        read failed. Runs at every task exit: kept to plain arithmetic.
         """
         service = record._svc
         start = record.start_time
+        starts = record._values
+        ends = end_mark._values if end_mark is not None else None
+        split = self._split
+        threshold = self._threshold
         busy = weighted = covered = missing = energy = 0.0
         energy_missing = False
         for channel in self._channels:
             slot = channel.slot
-            at_start = record.get(slot)
-            at_end = end_mark.get(slot) if end_mark is not None else None
-            if at_end is None:
-                at_end = service.sums[slot]
-                if end is not None and channel.horizon < end:
-                    at_end = list(at_end)
-                    lo = start if start > channel.horizon else channel.horizon
-                    failed = reads is not None and isinstance(reads[channel.device], BaseException)
-                    value = None if failed else channel.last_value
-                    self._add(channel, at_end, service, lo, end, value)
-            if at_start is None:
-                if at_end is service.sums[slot]:
-                    continue  # live, and no sample inside the task yet
-                # No sample covered the start: the figure is the tail alone,
-                # which was added onto a copy of the sums now; take them off.
-                at_start = service.sums[slot]
-            if channel.is_power:
-                energy += at_end[_WEIGHTED] - at_start[_WEIGHTED]
-                energy_missing |= at_end[_MISSING] - at_start[_MISSING] > _EPS
+            at_end = ends[slot] if ends is not None else None
+            at_start = starts[slot] if starts is not None else None
+            if at_start is not None:
+                if at_end is None:
+                    at_end = service.sums[slot]
+                if channel.is_power:
+                    energy += at_end[_WEIGHTED] - at_start[_WEIGHTED]
+                    energy_missing |= at_end[_MISSING] - at_start[_MISSING] > _EPS
+                else:
+                    busy += at_end[_BUSY] - at_start[_BUSY]
+                    weighted += at_end[_WEIGHTED] - at_start[_WEIGHTED]
+                    covered += at_end[_COVERED] - at_start[_COVERED]
+                    missing += at_end[_MISSING] - at_start[_MISSING]
+            horizon = channel.horizon
+            if end is None or ends is not None and ends[slot] is not None or horizon >= end:
+                continue
+            # The tail: from the newest sample (or the start) to the end.
+            lo = start if start > horizon else horizon
+            length = end - lo
+            if reads is not None and isinstance(reads[channel.device], BaseException):
+                value = None
             else:
-                busy += at_end[_BUSY] - at_start[_BUSY]
-                weighted += at_end[_WEIGHTED] - at_start[_WEIGHTED]
-                covered += at_end[_COVERED] - at_start[_COVERED]
-                missing += at_end[_MISSING] - at_start[_MISSING]
+                value = channel.last_value
+            if value is None:
+                if channel.is_power:
+                    energy_missing = True
+                else:
+                    missing += length
+                continue
+            weight = service.weight(lo, end) if split else length
+            if channel.is_power:
+                energy += value * weight
+                continue
+            covered += length
+            if value > threshold:
+                busy += weight
+                weighted += value * weight
         if not self._measures:
             return 0.0, 0.0, None, "unavailable", 0.0
         failed_read = record._fail_epoch != self._fail_epoch
