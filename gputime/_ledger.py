@@ -808,7 +808,7 @@ class Ledger:
                     covered += at_end[_COVERED] - at_start[_COVERED]
                     missing += at_end[_MISSING] - at_start[_MISSING]
             horizon = channel.horizon
-            if end is None or ends is not None and ends[slot] is not None or horizon >= end:
+            if end is None or (ends is not None and ends[slot] is not None) or horizon >= end:
                 continue
             # The tail: from the newest sample (or the start) to the end.
             lo = start if start > horizon else horizon
