@@ -333,7 +333,6 @@ class Ledger:
         self._measures_energy = measures_energy
         self._partial_devices = bool(devices and unmeasured)
         self._measured_share = devices / (devices + unmeasured) if devices else 1.0
-        self._jitter = sample_jitter
         self._split = attribution == "split"
         self._threshold = threshold
         self._base_status: Status = (
@@ -345,6 +344,7 @@ class Ledger:
         )
         # Guarded by the lock.
         self._period = sample_period
+        self._jitter = sample_jitter
         self._generation = 0
         self._new_state()
 
@@ -495,14 +495,15 @@ class Ledger:
 
     @property
     def sample_period(self) -> float:
-        """The driver's sample period; the tracker refreshes it (NVML learns it late)."""
+        """The driver's sample period."""
         return self._period
 
-    @sample_period.setter
-    def sample_period(self, period: float) -> None:
-        if period != self._period:
+    def set_timing(self, period: float, jitter: float) -> None:
+        """The driver's sample period and jitter changed (NVML learns them late)."""
+        if period != self._period or jitter != self._jitter:
             with self._lock:
                 self._period = period
+                self._jitter = jitter
                 self._update_fresh_until()
 
     def wants_reading(self) -> bool:

@@ -226,11 +226,7 @@ class Tracker:
             measures_utilization=self._session.measures_utilization,
             measures_energy=self._session.measures_energy,
             sample_period=self._session.sample_period,
-            # Backends that know their samples arrive exactly every period say
-            # so; others get no read skipped at task exit.
-            sample_jitter=float(
-                getattr(self._session, "sample_jitter", self._session.sample_period)
-            ),
+            sample_jitter=self._sample_jitter(),
             attribution=attribution,
             threshold=threshold,
             clock=clock,
@@ -308,7 +304,7 @@ class Tracker:
         if self._closed or not self._device_count or not self._ledger.wants_reading():
             return
         # NVML learns a device's sample period from its first samples.
-        self._ledger.sample_period = self._session.sample_period
+        self._ledger.set_timing(self._session.sample_period, self._sample_jitter())
         self._ledger.ingest(self._read_all())
 
     def on_task_start(self, listener: ListenerT) -> ListenerT:
@@ -396,6 +392,11 @@ class Tracker:
                 self._report_fault("read", exc)
                 reads.append(exc)
         return reads
+
+    def _sample_jitter(self) -> float:
+        # Backends that know when their next sample can appear say so; the
+        # others get no read skipped at task exit (a jitter of a whole period).
+        return float(getattr(self._session, "sample_jitter", self._session.sample_period))
 
     def _sampling_state(self) -> tuple[bool, float | None, float]:
         """For the sampler thread: tasks running, settle deadline, clock now."""

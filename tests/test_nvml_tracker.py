@@ -165,3 +165,25 @@ def test_runtime_forget_is_the_fork_hook():
     generation = runtime.generation
     runtime.forget()
     assert runtime.generation == generation + 1
+
+
+def test_task_exits_skip_reads_that_cannot_bring_a_new_sample(nvml: FakeNvml, clock: FakeClock):
+    with tracker_on(nvml, clock, devices=[0]) as tracker:
+        nvml.set_utilization(100)
+        with tracker.gpu_task("warm"):
+            clock.advance(1.0)
+            tracker.poll()
+        # Just after a sample: the next cannot come for a period (half, with jitter).
+        clock.advance(P - (clock() - START) % P + 0.001)
+        with tracker.gpu_task("short"):  # the first after idle reads the newest sample
+            clock.advance(0.001)
+        reads = nvml.calls["nvmlDeviceGetSamples"]
+        for _ in range(20):
+            with tracker.gpu_task("short") as task:
+                clock.advance(0.001)
+        assert nvml.calls["nvmlDeviceGetSamples"] == reads  # no driver call at exit
+        assert task.gpu_ms == pytest.approx(1.0, abs=0.01)  # the newest sample over the tail
+        clock.advance(P)  # a new sample may be out now: the exit reads
+        with tracker.gpu_task("short"):
+            clock.advance(0.001)
+        assert nvml.calls["nvmlDeviceGetSamples"] > reads

@@ -734,6 +734,17 @@ class _NvmlSession:
         periods = [dev.period for dev in self._devs if dev.period is not None]
         return max(periods) if periods else _DEFAULT_PERIOD
 
+    @property
+    def sample_jitter(self) -> float:
+        """How much earlier than one period after the newest sample the next may come.
+
+        The driver samples on its own schedule and the clock mapping adds a
+        little error: half a period keeps task exits from skipping a read
+        that could bring a new sample, while still sparing the driver most
+        exit reads of tasks shorter than that.
+        """
+        return self.sample_period / 2
+
     def read(self, device: int, since: float) -> Reading:
         """Read one device's samples newer than ``since`` (tracker seconds).
 
