@@ -616,22 +616,26 @@ class Ledger:
 
     def _wake_channels(self, now: float) -> None:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
-        if self._settled():
-            slots = len(self._channels)
-            for channel in self._channels:
-                if channel.pending:
-                    # Only resets can wait here (no task runs): their services
-                    # are settled, so their sums will not move over the idle
-                    # stretch the horizon now skips.
-                    for _, mark in channel.pending:
-                        if not mark._done:
-                            mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
-                    channel.pending = []
-                if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
-                    channel.horizon = now
-                channel.update_since(self._period)
-            self._update_fresh_until()
         self._settle_deadline = None
+        # _settled(), written out: this runs as every task after idle begins.
+        last_close = self._last_close - _EPS
+        for channel in self._channels:
+            if channel.horizon < last_close:
+                return  # a closed window still waits for its samples: keep the horizons
+        slots = len(self._channels)
+        for channel in self._channels:
+            if channel.pending:
+                # Only resets can wait here (no task runs): their services
+                # are settled, so their sums will not move over the idle
+                # stretch the horizon now skips.
+                for _, mark in channel.pending:
+                    if not mark._done:
+                        mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
+                channel.pending = []
+            if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
+                channel.horizon = now
+            channel.update_since(self._period)
+        self._update_fresh_until()
 
     def _update_fresh_until(self) -> None:
         """Until ``fresh_until`` no driver can have a sample newer than the newest read.

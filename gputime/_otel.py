@@ -310,7 +310,7 @@ class Emitter:
                 unset = False
             if not unset:
                 tracer = self._resolve_global_tracer()
-        if not handle.span:
+        if not handle._spec.span:  # the slot, not the property: every task pays this
             self._borrow_current_span(handle)
             return
         if tracer is None:

@@ -56,6 +56,8 @@ class TaskHandle(TaskRecord):
 
     __slots__ = ("_cm_token", "_otel", "_spec", "_tracker", "error", "service")
 
+    _cm_token: object  # set by gpu_task.__enter__ only: one store fewer per call
+
     def __init__(self, tracker: Tracker, spec: _task.gpu_task) -> None:
         self._values = None
         self._done = False
@@ -63,7 +65,6 @@ class TaskHandle(TaskRecord):
         self._final = None
         self._tracker = tracker
         self._spec = spec
-        self._cm_token: object = None
         self._otel: object = None
         #: The service this task belongs to.
         self.service = spec.service
