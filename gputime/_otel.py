@@ -213,7 +213,6 @@ class Emitter:
         except Exception as exc:  # noqa: BLE001 - idem
             self._histogram, self._metrics_pending = None, False
             tracker._report_fault("otel.meter", exc)
-        _register_for_fork(self)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -710,22 +709,14 @@ def _add(into: list[float], values: list[float]) -> None:
         into[_ENERGY] = max(into[_ENERGY], 0.0) + values[_ENERGY]
 
 
-_fork_emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _register_for_fork(emitter: Emitter) -> None:
-    global _fork_hook_installed
-    _fork_emitters.add(emitter)
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_reinit_in_child)
-        _fork_hook_installed = True
-
-
-def _reinit_in_child() -> None:
-    for emitter in list(_fork_emitters):
-        emitter._after_fork_in_child()
+def _reinit_registry_in_child() -> None:
+    # The registry's lock may have been held by another thread at fork time;
+    # each emitter is re-initialised by its tracker's own fork hook.
     global _registry_lock
     _registry_lock = threading.Lock()
     for metric_set in list(_registry.values()):
         metric_set._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_reinit_registry_in_child)

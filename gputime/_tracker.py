@@ -432,6 +432,7 @@ class Tracker:
 
     def _after_fork_in_child(self) -> None:
         self._ledger.clear_after_fork()
+        self._emitter._after_fork_in_child()
         self._sampler.after_fork()
         self._faults_lock = threading.Lock()
         if not self._closed:

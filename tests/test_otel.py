@@ -1125,9 +1125,9 @@ class TestFork:
         clock.advance(P)
         traced.poll()
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        # What the at-fork hook runs in a child, run here on this state.
-        traced._ledger.clear_after_fork()
-        otel_module._reinit_in_child()
+        # What the at-fork hooks run in a child, run here on this state.
+        traced._after_fork_in_child()
+        otel_module._reinit_registry_in_child()
         assert traced._emitter._carry == {}
         with traced.gpu_task("nmt"):
             clock.advance(3 * P)
