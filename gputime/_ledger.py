@@ -427,8 +427,13 @@ class Ledger:
                 :attr:`fresh_until`).
         """
         with self._lock:
-            if record._generation != self._generation or record.end_time is not None:
-                # Inherited across fork (the child starts empty), or ended twice.
+            if record.end_time is not None:
+                return False  # ended twice
+            if record._generation != self._generation:
+                # Begun before a fork: the child starts empty, and this process
+                # has no figures for the part of the task it saw.
+                record.end_time = end
+                record._final = (0.0, 0.0, None, "partial", 0.0)
                 return False
             service = record._svc
             service.task_count += 1

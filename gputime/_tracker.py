@@ -354,24 +354,30 @@ class Tracker:
 
     def _start_task(self, spec: _task.gpu_task, activate: bool) -> TaskHandle:
         handle = TaskHandle(self, spec)
-        if self._ledger.begin(handle, spec.service) and self.threaded and not self._closed:
-            self._sampler.wake()
+        try:
+            if self._ledger.begin(handle, spec.service) and self.threaded and not self._closed:
+                self._sampler.wake()
+        except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
+            self._report_fault("task start", exc)
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
         return handle
 
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        end = self.clock()
-        ledger = self._ledger
-        if not self._device_count or (end < ledger.fresh_until and not self._closed):
-            reads = None  # nothing to read, or nothing new can have been sampled
-        else:
-            reads = self._read_all()
-        if ledger.end(handle, end, reads) and self.threaded and self._device_count:
-            # The last task ended: the sampler makes its settle read one
-            # sample period from now, not at the end of its current wait.
-            self._sampler.wake()
+        try:
+            end = self.clock()
+            ledger = self._ledger
+            if not self._device_count or (end < ledger.fresh_until and not self._closed):
+                reads = None  # nothing to read, or nothing new can have been sampled
+            else:
+                reads = self._read_all()
+            if ledger.end(handle, end, reads) and self.threaded and self._device_count:
+                # The last task ended: the sampler makes its settle read one
+                # sample period from now, not at the end of its current wait.
+                self._sampler.wake()
+        except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
+            self._report_fault("task end", fault)
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
         self._emitter.task_ended(handle, exc)

@@ -233,6 +233,29 @@ class TestFaultsNeverReachUserCode:
         assert sum("read failed" in m for m in messages) == 1
         assert sum("close failed" in m for m in messages) == 1
 
+    def test_a_clock_that_raises_is_logged_not_propagated(self, caplog):
+        class BrokenClock:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def __call__(self) -> float:
+                self.calls += 1
+                if self.calls > 1:
+                    raise OSError("clock source gone")
+                return 0.0
+
+        tracker = Tracker(backend=SimulatedGpu(clock=BrokenClock()), threaded=False)
+
+        @tracker.gpu_task("nmt")
+        def job() -> str:
+            return "done"
+
+        assert job() == "done"
+        assert job() == "done"
+        messages = [r.getMessage() for r in caplog.records if r.name == "gputime"]
+        assert any("task start failed" in m for m in messages)
+        assert any("task end failed" in m for m in messages)
+
     def test_task_ending_after_its_tracker_closed(self, clock: FakeClock):
         gpu = SimulatedGpu(clock=clock)
         tracker = Tracker(backend=gpu, threaded=False)
