@@ -136,6 +136,12 @@ def run_demo(
         tracker.poll()
         stats = tracker.stats()
     print_table(stats, out=out)
+    print(
+        "GPU ms: time the (simulated) GPU was busy during each service's tasks; services\n"
+        "running at once each see the shared GPU (attribution 'device'). util ms: the same,\n"
+        "weighted by utilisation. See README.md, 'What the figures mean'.",
+        file=out,
+    )
     return stats
 
 

@@ -27,7 +27,8 @@ def test_demo_runs_every_service_and_prints_a_table():
         assert s.status == "ok"
     table = out.getvalue().splitlines()
     assert table[0].split() == ["service", "tasks", "GPU", "ms", "util", "ms", "status", "coverage"]
-    assert [line.split()[0] for line in table[2:]] == ["nmt", "rust", "tts", "yourtts"]
+    assert [line.split()[0] for line in table[2:6]] == ["nmt", "rust", "tts", "yourtts"]
+    assert table[6].startswith("GPU ms: ")
 
 
 def test_print_table_formats_figures():
