@@ -345,7 +345,8 @@ class Ledger:
         # Guarded by the lock.
         self._period = sample_period
         self._jitter = sample_jitter
-        self._generation = 0
+        #: Bumped in a forked child: records of an older generation are inherited.
+        self.generation = 0
         self._new_state()
 
     def _new_state(self) -> None:
@@ -355,6 +356,9 @@ class Ledger:
         self._active_services: list[_Service] = []
         self._tracking: set[_Service] = set()
         self._active_tasks = 0
+        # The time of the newest begin or end: events are applied in lock
+        # order, so an end read before another thread's event moves up to it.
+        self._latest_event = -math.inf
         self._last_close = -math.inf
         self._settle_deadline: float | None = None
         self._ends_since_forget = 0
@@ -390,6 +394,8 @@ class Ledger:
         """
         with self._lock:
             now = self._clock()
+            if now > self._latest_event:  # noqa: PLR1730 - no max() on every task
+                self._latest_event = now
             service = self._services.get(service_name) or self._add_service(service_name)
             first_overall = not self._active_tasks
             self._active_tasks += 1
@@ -397,7 +403,7 @@ class Ledger:
             record._svc = service
             record.start_time = now
             record.concurrency = service.active
-            record._generation = self._generation
+            record._generation = self.generation
             record._fail_epoch = self._fail_epoch
             if self._device_count:
                 if first_overall:
@@ -429,7 +435,7 @@ class Ledger:
         with self._lock:
             if record.end_time is not None:
                 return False  # ended twice
-            if record._generation != self._generation:
+            if record._generation != self.generation:
                 # Begun before a fork: the child starts empty, and this process
                 # has no figures for the part of the task it saw.
                 record.end_time = end
@@ -444,15 +450,17 @@ class Ledger:
                 record.end_time = end if end > record.start_time else record.start_time
                 record._final = _UNAVAILABLE
                 return last
-            # Keep time in order: a breakpoint or a sample another thread added
-            # between our clock read and this lock moves the end up to it (by
-            # microseconds), so no credited stretch lies past the window's end.
-            latest = service.bp_t[-1]
+            # Keep time in order: a begin, an end or a sample that another
+            # thread applied between our clock read and this lock moves the end
+            # up to it (by the exit read's latency at most), so windows, frozen
+            # task figures and credited samples all see one order of events.
+            latest = self._latest_event
             for channel in self._channels:
                 if channel.horizon > latest:  # noqa: PLR1730 - no max() on every task exit
                     latest = channel.horizon
             if end < latest:  # noqa: PLR1730 - as above
                 end = latest
+            self._latest_event = end
             record.end_time = end
             # Close the window before ingesting the exit reads, so that a sample
             # reaching past the end credits the service only up to the end.
@@ -544,7 +552,7 @@ class Ledger:
                 return Figures(*record._final)
             if not self._device_count:
                 return _UNAVAILABLE
-            if record._generation != self._generation:
+            if record._generation != self.generation:
                 return Figures(0.0, 0.0, None, "partial", 0.0)
             return Figures(*self._task_figures(record, None, None, None))
 
@@ -599,7 +607,7 @@ class Ledger:
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""
         self._lock = threading.Lock()
-        self._generation += 1
+        self.generation += 1
         self._new_state()
 
     # -- internals (all called with the lock held) ---------------------------------------
@@ -671,6 +679,10 @@ class Ledger:
         for channel in self._channels:
             if at >= channel.horizon:
                 channel.pending.append((at, mark))
+                if len(channel.pending) >= channel.prune_at:
+                    # Resets in a row with no sample between supersede each other.
+                    channel.pending = [p for p in channel.pending if not p[1]._done]
+                    channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.pending))
             else:
                 self._fill_from_sums(mark, channel)
 

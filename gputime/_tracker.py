@@ -100,8 +100,14 @@ class TaskHandle(TaskRecord):
     @property
     def duration(self) -> float:
         """Seconds on the tracker's clock, so far if still running."""
-        end = self.end_time if self.end_time is not None else self._tracker.clock()
-        return max(0.0, end - self.start_time)
+        end = self.end_time
+        if end is None:
+            try:
+                end = self._tracker.clock()
+            except Exception:  # noqa: BLE001 - a failing clock must not break the job
+                return 0.0
+        duration = end - self.start_time
+        return duration if duration > 0.0 else 0.0  # also 0 for a start the clock failed
 
     @property
     def figures(self) -> Figures:
@@ -359,16 +365,30 @@ class Tracker:
                 self._sampler.wake()
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
+            # Not in the ledger: a handle of no generation, whose end changes
+            # nothing and whose figures read partial zeros.
+            handle._generation = -1
+            handle._fail_epoch = 0
+            handle.start_time = math.nan
+            handle.concurrency = 0
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
         return handle
 
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
+        ledger = self._ledger
         try:
             end = self.clock()
-            ledger = self._ledger
-            if not self._device_count or (end < ledger.fresh_until and not self._closed):
+        except Exception as fault:  # noqa: BLE001 - the task must end all the same
+            self._report_fault("clock", fault)
+            end = -math.inf  # the ledger moves it up to its newest known instant
+        try:
+            if (
+                not self._device_count
+                or (end < ledger.fresh_until and not self._closed)
+                or handle._generation != ledger.generation  # begun before a fork
+            ):
                 reads = None  # nothing to read, or nothing new can have been sampled
             else:
                 reads = self._read_all()
@@ -441,6 +461,7 @@ class Tracker:
         self._emitter._after_fork_in_child()
         self._sampler.after_fork()
         self._faults_lock = threading.Lock()
+        self._faults_logged = set()  # the child logs its own faults
         if not self._closed:
             try:
                 self._session.after_fork()

@@ -245,16 +245,22 @@ class TestFaultsNeverReachUserCode:
                 return 0.0
 
         tracker = Tracker(backend=SimulatedGpu(clock=BrokenClock()), threaded=False)
-
-        @tracker.gpu_task("nmt")
-        def job() -> str:
-            return "done"
-
-        assert job() == "done"
-        assert job() == "done"
+        with tracker.gpu_task("nmt") as first:  # starts; the clock fails at its end
+            pass
+        # The task still ended, at the ledger's newest known instant.
+        assert not first.running
+        stats = tracker.stats("nmt")
+        assert (stats.task_count, stats.active_tasks) == (1, 0)
+        with tracker.gpu_task("nmt") as second:  # the clock fails at its start
+            assert second.status == "partial"
+            assert second.duration == 0.0
+        assert not second.running
+        assert second.gpu_ms == 0.0
+        assert tracker.stats("nmt").active_tasks == 0
+        assert not tracker._ledger.wants_reading()  # nothing left open
         messages = [r.getMessage() for r in caplog.records if r.name == "gputime"]
         assert any("task start failed" in m for m in messages)
-        assert any("task end failed" in m for m in messages)
+        assert any("clock failed" in m for m in messages)
 
     def test_task_ending_after_its_tracker_closed(self, clock: FakeClock):
         gpu = SimulatedGpu(clock=clock)

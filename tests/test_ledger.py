@@ -180,6 +180,22 @@ class TestLifecycle:
         assert task.gpu_ms == pytest.approx(1000.0)
         assert tracker.stats("nmt").task_count == 1
 
+    def test_an_inherited_task_ends_without_reading(self, tracker: Tracker, gpu, clock):
+        inherited = tracker.gpu_task("nmt").__enter__()
+        clock.advance(1)
+        tracker._after_fork_in_child()
+        reads = gpu.reads
+        tracker._end_task(inherited, None)
+        assert gpu.reads == reads
+        assert not inherited.running
+        assert inherited.status == "partial"
+
+    def test_resets_in_a_row_keep_pending_marks_few(self, tracker: Tracker, clock):
+        with tracker.gpu_task("nmt"):
+            for _ in range(5000):
+                tracker.reset("nmt")
+            assert max(len(c.pending) for c in tracker._ledger._util) < 200
+
     def test_ending_a_task_twice_counts_once(self, tracker: Tracker, clock):
         task = tracker.gpu_task("nmt").__enter__()
         tracker._end_task(task, None)

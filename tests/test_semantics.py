@@ -6,6 +6,7 @@ and a tracker without a thread: only ``poll()`` and task exits read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -247,6 +248,123 @@ class TestWindows:
         assert not task.running
         assert task.gpu_ms == pytest.approx(2000.0)
         assert task.duration == pytest.approx(2.0)
+
+
+class DuringRead:
+    """Runs ``action`` inside the next device read: another thread's work that
+    takes the ledger lock while a task's exit read is in flight."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        session = tracker._session
+        self.tracker, self._read, self.actions = tracker, session.read, []
+        session.read = self.read  # type: ignore[method-assign]
+
+    def read(self, device: int, since: float) -> Reading:
+        if self.actions:
+            self.actions.pop()()
+        return self._read(device, since)
+
+    def end_with_read(self, handle: object) -> None:
+        self.tracker._ledger.fresh_until = -math.inf  # make this exit read
+        self.tracker._end_task(handle, None)  # type: ignore[arg-type]
+
+
+class TestEventsDuringAnExitRead:
+    """Events another thread applies while a task's exit read is in flight."""
+
+    def test_another_task_of_the_service_ends_meanwhile(self, tracker, gpu, clock):
+        hook = DuringRead(tracker)
+        gpu.set_utilization(100)
+        first = tracker.gpu_task("s").__enter__()
+        clock.advance(0.05)
+        second = tracker.gpu_task("s").__enter__()
+        clock.advance(0.5)
+
+        def second_ends() -> None:
+            clock.advance(0.01)  # the read's latency
+            tracker._end_task(second, None)
+
+        hook.actions.append(second_ends)
+        hook.end_with_read(first)
+        clock.advance(1)
+        tracker.poll()
+        assert first.end_time >= second.end_time  # events keep one order
+        window = max(first.end_time, second.end_time) - first.start_time
+        assert tracker.stats("s").gpu_ms == pytest.approx(1000 * window)
+
+    def test_another_task_of_the_service_begins_meanwhile(self, tracker, gpu, clock):
+        hook = DuringRead(tracker)
+        gpu.set_utilization(100)
+        first = tracker.gpu_task("s").__enter__()
+        clock.advance(0.55)
+        later: list[object] = []
+
+        def another_begins() -> None:
+            clock.advance(0.01)
+            later.append(tracker.gpu_task("s").__enter__())
+
+        hook.actions.append(another_begins)
+        hook.end_with_read(first)
+        # The service window is the union of its tasks' windows: no gap where
+        # the ledger saw the service active.
+        assert first.end_time >= later[0].start_time  # type: ignore[attr-defined]
+        clock.advance(0.2)
+        tracker._end_task(later[0], None)  # type: ignore[arg-type]
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("s").gpu_ms == pytest.approx(1000 * (clock() - 1 - first.start_time))
+
+    def test_the_last_close_is_the_latest_end(self, clock):
+        clock.advance(10 * P - 0.005)
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False)
+        hook = DuringRead(tracker)
+        gpu.set_utilization(100)
+        b = tracker.gpu_task("b").__enter__()
+        a = tracker.gpu_task("a").__enter__()
+        clock.advance(P)
+
+        def a_ends() -> None:
+            clock.advance(0.010)
+            tracker._end_task(a, None)
+
+        hook.actions.append(a_ends)
+        hook.end_with_read(b)
+        clock.advance(P)
+        tracker.poll()  # the settle read
+        clock.advance(1)
+        with tracker.gpu_task("c"):  # the next task after idle moves the horizon on
+            clock.advance(0.1)
+        clock.advance(1)
+        tracker.poll()
+        assert tracker.stats("a").gpu_ms == pytest.approx(1000 * (a.end_time - a.start_time))
+
+    def test_split_share_frozen_in_a_tail_matches_the_windows(self, clock):
+        gpu = SimulatedGpu(clock=clock)
+        tracker = Tracker(backend=gpu, threaded=False, attribution="split")
+        hook = DuringRead(tracker)
+        clock.advance(9.0)
+        gpu.set_utilization(100)
+        clock.advance(1.0)
+        a1 = tracker.gpu_task("a").__enter__()
+        b = tracker.gpu_task("b").__enter__()
+        clock.advance(0.01)
+        tracker.poll()
+        clock.advance(0.02)
+        a2 = tracker.gpu_task("a").__enter__()
+        clock.advance(0.05)
+
+        def a2_ends() -> None:
+            clock.advance(0.05)
+            tracker._end_task(a2, None)
+
+        hook.actions.append(a2_ends)
+        hook.end_with_read(b)
+        clock.advance(1.0)
+        tracker._end_task(a1, None)
+        # b's end moved up to a2's: a and b shared the device over all of a2's window.
+        assert b.end_time == a2.end_time
+        assert a2.gpu_ms == pytest.approx(1000 * (a2.end_time - a2.start_time) / 2)
 
 
 class TestIndependence:

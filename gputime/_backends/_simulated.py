@@ -260,7 +260,7 @@ class SimulatedGpu:
                 raise SimulatedReadError(f"simulated read failure on device {device}")
             now = self.clock()
             newest = math.floor(now / period + _EPS)
-            first = max(1, math.floor(since / period + _EPS) + 1)
+            first = max(1, math.floor(max(since, 0.0) / period + _EPS) + 1)
             if first > newest:
                 return _NOTHING_NEW
             oldest_kept = self._oldest_kept(now)
