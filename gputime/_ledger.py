@@ -596,7 +596,7 @@ class Ledger:
                 mark._svc = service
                 service.task_count = 0
                 service.failed = False
-                if service.active or not self._settled_service(service):
+                if service.active or not self._covered_up_to(service.last_close):
                     # A sample still to come may straddle the reset: only its
                     # later part counts, so the mark waits for that sample.
                     self._place_mark(mark, now)
@@ -612,25 +612,20 @@ class Ledger:
 
     # -- internals (all called with the lock held) ---------------------------------------
 
+    def _covered_up_to(self, t: float) -> bool:
+        """Whether every channel credited its samples up to ``t``."""
+        t -= _EPS
+        return all(channel.horizon >= t for channel in self._channels)
+
     def _settled(self) -> bool:
         """Whether every sample covering the last closed window was credited."""
-        last_close = self._last_close - _EPS
-        # A loop, not all() over a generator: this runs as every task after
-        # idle begins, and a generator costs more than the whole check.
-        for channel in self._channels:  # noqa: SIM110 - see above
-            if channel.horizon < last_close:
-                return False
-        return True
-
-    def _settled_service(self, service: _Service) -> bool:
-        """Whether every sample covering the service's windows was credited."""
-        last_close = service.last_close - _EPS
-        return all(channel.horizon >= last_close for channel in self._channels)
+        return self._covered_up_to(self._last_close)
 
     def _wake_channels(self, now: float) -> None:
         """The first task after idle: start crediting from now, unless a window is unsettled."""
         self._settle_deadline = None
-        # _settled(), written out: this runs as every task after idle begins.
+        # _settled(), written out (a generator costs more than the whole check):
+        # this runs as every task after idle begins.
         last_close = self._last_close - _EPS
         for channel in self._channels:
             if channel.horizon < last_close:
