@@ -29,8 +29,6 @@ from gputime._backends import Attribution, Reading
 
 Status = Literal["ok", "partial", "unavailable"]
 
-_STATUS_RANK: dict[Status, int] = {"ok": 0, "partial": 1, "unavailable": 2}
-
 # A service's sums per channel: [busy seconds (W-weighted, above the
 # threshold), value x W (percent-seconds, or milliwatt-seconds = mJ for power),
 # seconds covered by readings, seconds missing]. Busy is unused for power.
@@ -419,7 +417,7 @@ class Ledger:
                     if now >= channel.horizon:
                         channel.pending.append((now, record))
                     else:
-                        self._fill_from_sums(record, channel)
+                        self._fill_from_sums(record, channel)  # jitter: see _place_mark
             return first_overall
 
     def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None) -> bool:
@@ -630,7 +628,6 @@ class Ledger:
         for channel in self._channels:
             if channel.horizon < last_close:
                 return  # a closed window still waits for its samples: keep the horizons
-        slots = len(self._channels)
         for channel in self._channels:
             if channel.pending:
                 # Only resets can wait here (no task runs): their services
@@ -638,7 +635,7 @@ class Ledger:
                 # stretch the horizon now skips.
                 for _, mark in channel.pending:
                     if not mark._done:
-                        mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), slots)
+                        self._fill_from_sums(mark, channel)
                 channel.pending = []
             if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
                 channel.horizon = now
@@ -679,21 +676,20 @@ class Ledger:
                     channel.pending = [p for p in channel.pending if not p[1]._done]
                     channel.prune_at = max(_PRUNE_MIN, 2 * len(channel.pending))
             else:
+                # The sample covering ``at`` was credited already (clock mapping
+                # jitter puts a sample end a little past "now"): the sums now are
+                # the sums at the mark, give or take that sliver.
                 self._fill_from_sums(mark, channel)
 
     def _fill_from_sums(self, mark: _Mark, channel: _Channel) -> None:
-        # The sample covering the mark's instant was credited already (clock
-        # mapping jitter puts a sample end a little past "now"): the sums now
-        # are the sums at the mark, give or take that sliver.
+        """Fill a mark's value on ``channel`` with its service's sums as they are now."""
         mark.fill(channel.slot, list(mark._svc.sums[channel.slot]), len(self._channels))
 
     def _fill_now(self, mark: _Mark) -> None:
         """Fill what a mark still lacks with its service's sums now (they no longer move)."""
-        sums = mark._svc.sums
-        slots = len(self._channels)
         for channel in self._channels:
             if mark.get(channel.slot) is None:
-                mark.fill(channel.slot, list(sums[channel.slot]), slots)
+                self._fill_from_sums(mark, channel)
         mark._done = True  # complete: pending lists drop it
 
     def _ingest(self, reads: Sequence[ReadOutcome]) -> None:
