@@ -323,7 +323,13 @@ class Ledger:
         # immutable: the services and their counts, breakpoints and sums, the
         # channels' horizons and pending marks, the marks' values. No backend
         # call and no user callback ever runs while it is held.
-        self._lock = threading.Lock()
+        #
+        # An RLock only so that :meth:`held_here` can ask who holds it (it
+        # costs what a Lock does): it is never entered twice. A finaliser that
+        # runs while this thread holds it (the last reference to a generator
+        # dropped under the lock, or the collector running here) must not wait
+        # for it, and must not enter a half-updated ledger either.
+        self._lock = threading.RLock()
         # Immutable after construction.
         self._clock = clock
         self._device_count = devices
@@ -374,6 +380,10 @@ class Ledger:
         self._channels = (*self._util, *self._power)
 
     # -- task lifecycle --------------------------------------------------------------
+
+    def held_here(self) -> bool:
+        """Whether the current thread holds the ledger lock (then it must not wait for it)."""
+        return self._lock._is_owned()  # type: ignore[attr-defined, no-any-return] # C RLock
 
     @property
     def active_tasks(self) -> int:
@@ -604,7 +614,7 @@ class Ledger:
 
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.generation += 1
         self._new_state()
 

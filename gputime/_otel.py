@@ -29,6 +29,7 @@ tracker that was garbage collected.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, cast
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, NoOpMeter, Observation
 from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode
@@ -106,6 +108,10 @@ _BUSY, _UTIL, _ENERGY, _ACTIVE = 0, 1, 2, 3
 # since we last looked"; if a future API renames them, the sentinel makes every
 # check fall through to the public getters (slower, still correct).
 _UNKNOWN = object()
+
+#: What a task keeps of its span: the span, and for a span made current the
+#: token and the context that ``attach`` was given (else ``None`` twice).
+_SpanState = tuple["Span", object, "Context | None"]
 
 _error_types: dict[type[BaseException], str] = {}
 
@@ -319,8 +325,11 @@ class Emitter:
             # exist then, and one call costs less than two (the SDK cleans and
             # locks per call).
             span = tracer.start_span(handle.name, kind=SpanKind.INTERNAL)
-            token = otel_context.attach(otel_trace.set_span_in_context(span)) if activate else None
-            handle._otel = (span, token)
+            if activate:
+                context = otel_trace.set_span_in_context(span)
+                handle._otel = (span, otel_context.attach(context), context)
+            else:
+                handle._otel = (span, None, None)
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.span", exc)
 
@@ -328,16 +337,22 @@ class Emitter:
         try:
             span = otel_trace.get_current_span()
             if span.is_recording():
-                handle._otel = (span, None)
+                handle._otel = (span, None, None)
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.span", exc)
 
-    def task_ended(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        """A task ended (figures final); ``exc`` is what it raised, if anything."""
+    def task_ended(
+        self, handle: TaskHandle, exc: BaseException | None, end_ns: int | None = None
+    ) -> None:
+        """A task ended (figures final); ``exc`` is what it raised, if anything.
+
+        ``end_ns`` is the wall-clock end in nanoseconds for an end finished
+        later than it happened (see ``Tracker._defer_end``); ``None`` is now.
+        """
         state = handle._otel
         if state is not None:
             handle._otel = None
-            self._finish_span(handle, cast("tuple[Span, object]", state), exc)
+            self._finish_span(handle, cast("_SpanState", state), exc, end_ns)
         histogram = self._histogram
         if histogram is None:
             if not self._metrics_pending:
@@ -361,12 +376,16 @@ class Emitter:
             self._tracker._report_fault("otel.metric", fault)
 
     def _finish_span(
-        self, handle: TaskHandle, state: tuple[Span, object], exc: BaseException | None
+        self,
+        handle: TaskHandle,
+        state: _SpanState,
+        exc: BaseException | None,
+        end_ns: int | None,
     ) -> None:
-        span, token = state
+        span, token, context = state
         try:
             if token is not None:
-                otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
+                _detach(token, context)
             if span.is_recording():
                 span.set_attributes(self._end_attributes(handle))
                 # Only an Exception marks the task failed: cancellation, an early
@@ -383,7 +402,7 @@ class Emitter:
         finally:
             if handle.span:
                 try:
-                    span.end()
+                    span.end(end_time=end_ns)
                 except Exception as fault:  # noqa: BLE001 - never into user code
                     self._tracker._report_fault("otel.span", fault)
 
@@ -406,7 +425,7 @@ class Emitter:
             attrs = {**user, **attrs}
         return attrs
 
-    def activate(self, handle: TaskHandle) -> object:
+    def activate(self, handle: TaskHandle) -> tuple[object, Context] | None:
         """Make the task's span current (generators: around each resume)."""
         state = handle._otel
         if state is None or not handle.span:
@@ -414,17 +433,18 @@ class Emitter:
         try:
             # Built on the context current at this resume, so the consumer's
             # other context values (baggage) carry through.
-            span = cast("tuple[Span, object]", state)[0]
-            return otel_context.attach(otel_trace.set_span_in_context(span))
+            span = cast("_SpanState", state)[0]
+            context = otel_trace.set_span_in_context(span)
+            return otel_context.attach(context), context
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.context", exc)
             return None
 
-    def deactivate(self, token: object) -> None:
+    def deactivate(self, activated: tuple[object, Context] | None) -> None:
         """Undo :meth:`activate`."""
-        if token is not None:
+        if activated is not None:
             try:
-                otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
+                _detach(*activated)
             except Exception as exc:  # noqa: BLE001 - never into user code
                 self._tracker._report_fault("otel.context", exc)
 
@@ -467,7 +487,10 @@ class Emitter:
 
         Called by the metric set with its lock held.
         """
-        stats: dict[str, ServiceStats] = self._tracker.stats()
+        # The ledger itself, not Tracker.stats(): that may finish deferred
+        # task ends, which record into the SDK and call listeners, and this
+        # runs inside the SDK's collection.
+        stats: dict[str, ServiceStats] = self._tracker._ledger.stats()
         carries = self._carry
         for name, snapshot in stats.items():
             carry = carries.get(name)
@@ -493,6 +516,38 @@ class Emitter:
     def _after_fork_in_child(self) -> None:
         # A new process starts at zero (spec rule 7): nothing carried over.
         self._carry = {}
+
+
+def _detach(token: object, attached: Context | None) -> None:
+    """Undo ``otel_context.attach(attached)`` where that can be done correctly.
+
+    A task may end in another context than the one its span was made current
+    in: a generator holding a ``with gpu_task`` block stepped in copied
+    contexts (Starlette runs each step of a sync generator in a fresh copy),
+    or closed by another task. Resetting there would fail, and OpenTelemetry
+    would log "Failed to detach context"; resetting a token whose context has
+    been attached over since would drop the later spans from the context. So:
+
+    - our context is not the current one here: nothing of ours to undo here
+      (a copy that held it was discarded, or a later span is current);
+    - it is, and the token belongs here: reset, as ``detach`` would;
+    - it is, in a copy of the context it was attached in: put back, in this
+      copy, what was current before, so the ended span is not left current.
+    """
+    if not isinstance(token, contextvars.Token):  # pragma: no cover - see below
+        # A runtime context of another kind (OTEL_PYTHON_CONTEXT): its own detach.
+        otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
+        return
+    variable = token.var
+    if variable.get(None) is not attached:
+        return
+    try:
+        variable.reset(token)
+    except ValueError:  # made in another context: this one is a copy of it
+        previous = token.old_value
+        variable.set(Context() if previous is contextvars.Token.MISSING else previous)
+    except RuntimeError:  # pragma: no cover - each token is reset once
+        pass
 
 
 def _totals(snapshot: ServiceStats) -> tuple[float, float, float]:
@@ -524,11 +579,17 @@ class _MetricSet:
             return found
 
     def __init__(self, meter: Meter) -> None:
-        self.lock = threading.RLock()
+        # Guards the members, their last contributions, the retired and
+        # exported totals, the series and every member emitter's carries. Held
+        # only over gputime's own arithmetic and ledger reads: nothing logs,
+        # records into an SDK or calls a listener while it is held.
+        self.lock = threading.Lock()
         self.max_services = _max_services()
         self._series: dict[str, Mapping[str, AttributeValue]] = {}
         self._own_series = 0
         self._warned = False
+        #: The first service sent to the overflow series, until it is logged.
+        self._overflowed: str | None = None
         # Emitters feeding the instruments, and what each contributed at the
         # last collection, so that a garbage-collected tracker's counts stay.
         # Series are keyed by service name, None for the overflow series.
@@ -603,7 +664,9 @@ class _MetricSet:
         if attrs is not None:
             return attrs
         with self.lock:
-            return self._assign(service)
+            attrs = self._assign(service)
+        self._log_overflow()
+        return attrs
 
     def _assign(self, service: str) -> Mapping[str, AttributeValue]:
         attrs = self._series.get(service)
@@ -615,17 +678,22 @@ class _MetricSet:
                 attrs = _OVERFLOW_ATTRIBUTES
                 if not self._warned:
                     self._warned = True
-                    _logger.warning(
-                        "gputime: more than %d service names; metrics of %r and later "
-                        "new services go to gputime.service=%r (spans keep the real name; "
-                        "raise the cap with %s)",
-                        self.max_services,
-                        service,
-                        OVERFLOW_SERVICE,
-                        MAX_SERVICES_ENV,
-                    )
+                    self._overflowed = service  # logged once the lock is released
             self._series[service] = attrs
         return attrs
+
+    def _log_overflow(self) -> None:
+        service, self._overflowed = self._overflowed, None
+        if service is not None:
+            _logger.warning(
+                "gputime: more than %d service names; metrics of %r and later "
+                "new services go to gputime.service=%r (spans keep the real name; "
+                "raise the cap with %s)",
+                self.max_services,
+                service,
+                OVERFLOW_SERVICE,
+                MAX_SERVICES_ENV,
+            )
 
     def _callback(self, column: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         # A weak reference: the SDK keeps callbacks for its whole life, and it
@@ -641,21 +709,29 @@ class _MetricSet:
         return callback
 
     def _observations(self, column: int) -> list[Observation]:
+        faults: list[tuple[Emitter, Exception]] = []
         with self.lock:
             out = []
-            for key, (values, active) in self._collect().items():
+            for key, (values, active) in self._collect(faults).items():
                 attrs = _OVERFLOW_ATTRIBUTES if key is None else self._series[key]
                 if column == _ACTIVE:
                     out.append(Observation(active, attrs))
                 elif values[column] >= 0.0:  # energy is -1 where not measured
                     out.append(Observation(values[column], attrs))
-            return out
+        for emitter, exc in faults:
+            emitter._tracker._report_fault("otel.metric", exc)
+        self._log_overflow()
+        return out
 
-    def _collect(self) -> dict[str | None, tuple[list[float], int]]:
+    def _collect(
+        self, faults: list[tuple[Emitter, Exception]]
+    ) -> dict[str | None, tuple[list[float], int]]:
         """Per series: [busy s, util s, energy J or -1] and running tasks.
 
         The counters are summed over the trackers, plus what retired (garbage
         collected) trackers left, and never below what was exported before.
+        A tracker whose figures cannot be read goes into ``faults``, to be
+        reported once the lock is released.
         """
         totals: dict[str | None, list[float]] = {}
         active: dict[str | None, int] = {}
@@ -669,7 +745,7 @@ class _MetricSet:
             try:
                 observed = list(emitter._observe())
             except Exception as exc:  # noqa: BLE001 - a collection must not fail
-                emitter._tracker._report_fault("otel.metric", exc)
+                faults.append((emitter, exc))
                 observed = []
             for service, (busy, util, energy), running in observed:
                 key = None if self._assign(service) is _OVERFLOW_ATTRIBUTES else service
@@ -690,7 +766,7 @@ class _MetricSet:
         return collected
 
     def _after_fork_in_child(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self._retired = {}
         self._exported = {}
         self._members = {member: (ref, {}) for member, (ref, _) in self._members.items()}

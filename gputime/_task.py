@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from gputime import _default
+from gputime import _default, _gcsafe
 from gputime._tracker import TaskHandle, Tracker, _check_service
 
 if TYPE_CHECKING:
@@ -93,7 +93,9 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         current = self._current
         if current is None:
             current = self._current = contextvars.ContextVar("gputime.task")
-        handle._cm_token = current.set(handle)
+        # Inside a garbage collection a context variable must not be set (see
+        # _gcsafe); the handle is then only found as the newest open one.
+        handle._cm_token = None if _gcsafe.in_collection() else current.set(handle)
         self._open.append(handle)
         return handle
 
@@ -130,7 +132,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         except ValueError:  # another thread took the same fallback handle
             return None
         token = handle._cm_token
-        if isinstance(token, contextvars.Token):
+        if isinstance(token, contextvars.Token) and not _gcsafe.in_collection():
             # Left in another context than entered in: nothing to undo here.
             with contextlib.suppress(ValueError, RuntimeError):
                 current.reset(token)
@@ -264,20 +266,24 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             to_throw: BaseException | None = None
             try:
                 while True:
-                    token = emitter.activate(handle)
+                    activated = emitter.activate(handle)
                     try:
                         item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
                     finally:
-                        emitter.deactivate(token)
+                        emitter.deactivate(activated)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
                     except GeneratorExit:
-                        token = emitter.activate(handle)
+                        if _gcsafe.in_collection():
+                            # Closed by the collector: no context change (see _gcsafe).
+                            gen.close()
+                            raise
+                        activated = emitter.activate(handle)
                         try:
                             gen.close()
                         finally:
-                            emitter.deactivate(token)
+                            emitter.deactivate(activated)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc
@@ -304,23 +310,27 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             to_throw: BaseException | None = None
             try:
                 while True:
-                    token = emitter.activate(handle)
+                    activated = emitter.activate(handle)
                     try:
                         if to_throw is None:
                             item = await agen.asend(to_send)
                         else:
                             item = await agen.athrow(to_throw)
                     finally:
-                        emitter.deactivate(token)
+                        emitter.deactivate(activated)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
                     except GeneratorExit:
-                        token = emitter.activate(handle)
+                        if _gcsafe.in_collection():
+                            # Closed by the collector (no event loop hooks): as above.
+                            await agen.aclose()
+                            raise
+                        activated = emitter.activate(handle)
                         try:
                             await agen.aclose()
                         finally:
-                            emitter.deactivate(token)
+                            emitter.deactivate(activated)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc

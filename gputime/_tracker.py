@@ -8,9 +8,11 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from gputime import _gcsafe
 from gputime._backends import (
     Attribution,
     Backend,
@@ -242,6 +244,9 @@ class Tracker:
         self._end_listeners: tuple[Listener, ...] = ()
         self._faults_logged: set[tuple[str, type[BaseException]]] = set()
         self._faults_lock = threading.Lock()
+        #: Task ends recorded where they could not finish (see _defer_end):
+        #: (handle, exception, end on the clock, end in wall-clock ns).
+        self._ending: deque[tuple[TaskHandle, BaseException | None, float, int]] = deque()
         self._sampler = Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
         self._emitter = Emitter(self, tracer_provider, meter_provider)
         self._closed = False
@@ -292,9 +297,12 @@ class Tracker:
             with a service name, that service's :class:`ServiceStats` (zeros
             for a service never seen).
         """
+        if service is not None:
+            _check_service(service)
+        if self._ending:
+            self._finish_deferred_ends()
         if service is None:
             return self._ledger.stats()
-        _check_service(service)
         return self._ledger.stats(service)[service]
 
     def reset(self, service: str | None = None) -> None:
@@ -308,6 +316,8 @@ class Tracker:
 
         Reads nothing when no task runs and every window is settled (rule 1).
         """
+        if self._ending:
+            self._finish_deferred_ends()
         if self._closed or not self._device_count or not self._ledger.wants_reading():
             return
         # NVML learns a device's sample period from its first samples.
@@ -332,6 +342,8 @@ class Tracker:
         """
         if self._closed:
             return
+        if self._ending:
+            self._finish_deferred_ends()
         self._closed = True
         self._sampler.close()
         try:
@@ -360,29 +372,81 @@ class Tracker:
 
     def _start_task(self, spec: _task.gpu_task, activate: bool) -> TaskHandle:
         handle = TaskHandle(self, spec)
+        if self._ending:
+            self._finish_deferred_ends()
+        if _gcsafe.collecting and _gcsafe.in_collection():
+            # Started by a finaliser (a generator's ``finally`` that the
+            # collector runs): counted, but no span, context or listener.
+            self._start_in_collection(handle, spec)
+            return handle
         try:
             if self._ledger.begin(handle, spec.service) and self.threaded and not self._closed:
                 self._sampler.wake()
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
-            # Not in the ledger: a handle of no generation, whose end changes
-            # nothing and whose figures read partial zeros.
-            handle._generation = -1
-            handle._fail_epoch = 0
-            handle.start_time = math.nan
-            handle.concurrency = 0
+            _unrecorded(handle)
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
         return handle
 
+    def _start_in_collection(self, handle: TaskHandle, spec: _task.gpu_task) -> None:
+        if self._ledger.held_here():
+            _unrecorded(handle)  # waiting for the lock would wait for this very thread
+            return
+        try:
+            # No sampler wake (an Event takes a lock): the task's own exit read
+            # and the next ordinary event carry on from here.
+            self._ledger.begin(handle, spec.service)
+        except Exception:  # noqa: BLE001 - no logging inside a collection
+            _unrecorded(handle)
+
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        ledger = self._ledger
+        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
+            self._defer_end(handle, exc)
+            return
+        if self._ending:
+            self._finish_deferred_ends()
         try:
             end = self.clock()
         except Exception as fault:  # noqa: BLE001 - the task must end all the same
             self._report_fault("clock", fault)
             end = -math.inf  # the ledger moves it up to its newest known instant
+        self._finish_end(handle, exc, end, None)
+
+    def _defer_end(self, handle: TaskHandle, exc: BaseException | None) -> None:
+        """Record an end that cannot finish here, without a lock, a context change or a log.
+
+        Here means inside a garbage collection, or on a thread that holds the
+        ledger lock (a finaliser run by a reference dropped under it). The end
+        time is taken now; the next task event, ``stats()``, ``poll()``, the
+        sampler thread or ``close()`` finishes the end with it (see
+        :meth:`_finish_deferred_ends`): same figures, span end time, metrics
+        and listeners as an ordinary end.
+        """
+        try:
+            end = self.clock()
+        except Exception:  # noqa: BLE001 - no logging here; the ledger orders it
+            end = -math.inf
+        # deque.append is atomic and takes no lock.
+        self._ending.append((handle, exc, end, time.time_ns()))
+
+    def _finish_deferred_ends(self) -> None:
+        """Finish the ends :meth:`_defer_end` recorded, if this is a safe place to."""
+        ending = self._ending
+        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
+            return
+        while ending:
+            try:
+                handle, exc, end, end_ns = ending.popleft()
+            except IndexError:  # pragma: no cover - another thread took the last one
+                return
+            self._finish_end(handle, exc, end, end_ns)
+
+    def _finish_end(
+        self, handle: TaskHandle, exc: BaseException | None, end: float, end_ns: int | None
+    ) -> None:
+        ledger = self._ledger
         try:
             if (
                 not self._device_count
@@ -400,7 +464,7 @@ class Tracker:
             self._report_fault("task end", fault)
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
-        self._emitter.task_ended(handle, exc)
+        self._emitter.task_ended(handle, exc, end_ns)
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
 
@@ -457,6 +521,7 @@ class Tracker:
         )
 
     def _after_fork_in_child(self) -> None:
+        self._ending.clear()  # the parent's tasks: the child starts at zero
         self._ledger.clear_after_fork()
         self._emitter._after_fork_in_child()
         self._sampler.after_fork()
@@ -467,6 +532,14 @@ class Tracker:
                 self._session.after_fork()
             except Exception as exc:  # noqa: BLE001 - the child must start even without a GPU
                 self._report_fault("after_fork", exc)
+
+
+def _unrecorded(handle: TaskHandle) -> None:
+    """A handle the ledger never opened: its end changes nothing, its figures read partial."""
+    handle._generation = -1
+    handle._fail_epoch = 0
+    handle.start_time = math.nan
+    handle.concurrency = 0
 
 
 def _check_number(name: str, value: object) -> float:

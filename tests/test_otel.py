@@ -643,7 +643,7 @@ class TestNobodyListens:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracker = Tracker(backend=gpu, threaded=False, tracer_provider=provider)
         with tracker, tracker.gpu_task("nmt") as task:
-            span, _ = task._otel  # type: ignore[misc]
+            span, _, _ = task._otel  # type: ignore[misc]
             assert otel_trace.get_current_span() is span
             assert not span.is_recording()
         assert exporter.get_finished_spans() == ()
@@ -1048,8 +1048,8 @@ class TestFaults:
             caplog.at_level(logging.WARNING, logger="gputime"),
             tracker.gpu_task("nmt") as task,
         ):
-            span, token = task._otel  # type: ignore[misc]
-            task._otel = (BrokenSpan(span), token)
+            span, token, context = task._otel  # type: ignore[misc]
+            task._otel = (BrokenSpan(span), token, context)
         assert "otel.span failed" in caplog.text
         assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN  # still detached
 
@@ -1068,7 +1068,7 @@ class TestFaults:
         def broken_stats(service: str | None = None) -> Any:
             raise RuntimeError("ledger on fire")
 
-        monkeypatch.setattr(traced, "stats", broken_stats)
+        monkeypatch.setattr(traced._ledger, "stats", broken_stats)
         with caplog.at_level(logging.WARNING, logger="gputime"):
             assert sdk.points("gputime.gpu.busy_time") == {}
         assert "otel.metric failed" in caplog.text
