@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -227,3 +228,34 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
     yield receiver
     receiver.stop()
+
+
+def stream_request(port: int, path: str, *, hang_up: bool, timeout: float = 10.0) -> bool:
+    """GET ``path`` from a streaming endpoint; True once the first chunk arrived.
+
+    With ``hang_up`` the client resets the connection right after the first
+    chunk, as a browser tab that is closed does; otherwise it reads to the end.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        received = b""
+        while b"chunk 0" not in received:
+            data = sock.recv(65536)
+            if not data:
+                return False
+            received += data
+        if hang_up:
+            # SO_LINGER 0: close() sends a reset, the server's next send fails.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return True
+        while sock.recv(65536):
+            pass
+        return True
+
+
+def get_json(port: int, path: str, timeout: float = 30.0) -> Any:
+    """GET ``path`` and decode its JSON body."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+        return json.load(response)
