@@ -1,11 +1,11 @@
 """The one sampler thread a tracker shares across all services.
 
 Modelled on the OpenTelemetry SDK's batch processor: a named daemon thread that
-waits on an event, parked (no backend reads) while no task runs, woken by the
-first task after idle and by the last task's end, and stopped by
-:meth:`Sampler.close`, which sets a flag, wakes the thread and joins it with a
-timeout. The thread holds its tracker only through a weak reference, so a
-tracker dropped without ``close()`` is still collected (and its thread ends).
+waits on an event, parked (no backend reads) while no task runs, woken only by
+a task that starts while it is parked, and stopped by :meth:`Sampler.close`,
+which sets a flag, wakes the thread and joins it with a timeout. The thread
+holds its tracker only through a weak reference, so a tracker dropped without
+``close()`` is still collected (and its thread ends).
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ class SamplerOwner(Protocol):
 
 
 class Sampler:
-    """Ticks every ``interval`` seconds while tasks run, then once to settle.
+    """Ticks every ``interval`` seconds while tasks run, settles, lingers, then parks.
+
+    Waking a thread costs the waker a thread switch and a hand-over of the GIL,
+    so tasks wake the sampler only from its parked state: after the last task
+    ends the thread stays awake (reading nothing unless a settle read is due)
+    for one whole idle interval before it parks, and a service running tasks
+    back to back never wakes it at all. The last task's end does not wake it
+    either: the settle read comes at the next tick, and never sooner than one
+    driver sample period after that end.
 
     Args:
         owner: The tracker; held weakly.
@@ -51,6 +59,14 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        #: True while the thread waits to be woken (or has not started): the
+        #: one attribute a task start reads to decide whether to wake it.
+        self.parked = True
+        #: How many times a task woke the thread (cross-thread wake-ups).
+        self.wakes = 0
+        # Whether the previous step found nothing to do: a second such step
+        # (a whole idle interval) parks.
+        self._idle = False
         # A tracker collected without close() stops its thread.
         weakref.finalize(owner, self.close, 0.0)
 
@@ -61,9 +77,11 @@ class Sampler:
         return thread is not None and thread.is_alive() and not self._stop.is_set()
 
     def wake(self) -> None:
-        """Something changed (first task after idle, last task ended): start or unpark."""
+        """The first task after idle began while the thread is parked: start or unpark it."""
         if self._stop.is_set():
             return
+        self.parked = False
+        self.wakes += 1
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None and not self._stop.is_set():
@@ -86,10 +104,14 @@ class Sampler:
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
         self._thread = None
+        self.parked = True
+        self._idle = False
 
     def _run(self) -> None:
         stop, wake = self._stop, self._wake
         while not stop.is_set():
+            # Set only by a wake from the parked state or by close(): awake,
+            # a wake has nothing to add (close() is seen through ``stop``).
             wake.clear()
             try:
                 timeout = self._step()
@@ -101,32 +123,56 @@ class Sampler:
                 timeout = self._interval
             if timeout is None:
                 return
-            if timeout > 0:
-                wake.wait(None if timeout == math.inf else timeout)
+            if timeout == math.inf:
+                self._park()
+            elif timeout > 0:
+                wake.wait(timeout)
+
+    def _park(self) -> None:
+        """Wait for the next first task after idle (rule 1: no reads while parked)."""
+        wake = self._wake
+        wake.clear()
+        self.parked = True
+        # A task that began before ``parked`` was set saw it False and did not
+        # wake us: look once more now that it is set.
+        owner = self._owner()
+        if owner is not None:
+            active, deadline, _ = owner._sampling_state()
+            if active or deadline is not None:
+                self.parked = False
+                return
+        del owner  # no strong reference while parked
+        wake.wait()
+        wake.clear()
+        self._idle = False
 
     def _step(self) -> float | None:
-        """Do what is due now; return how long to wait (inf: parked; None: stop)."""
+        """Do what is due now; return how long to wait (inf: park; None: stop)."""
         owner = self._owner()
         if owner is None or self._stop.is_set():
             return None
         active, deadline, now = owner._sampling_state()
         if active:
+            self._idle = False
             del owner  # no strong reference while waiting
             return self._tick_after_interval()
-        if deadline is None:
-            return math.inf  # parked: no reads until the next task (rule 1)
-        if deadline > now:
-            # The driver has not produced the sample covering the end yet; a
-            # task starting meanwhile wakes us (the deadline is looked up anew).
-            return min(deadline - now, self._interval)
-        owner.poll()
-        owner._settle_done(deadline)
-        return 0.0
+        if deadline is not None:
+            self._idle = False
+            if deadline > now:
+                # The driver has not produced the sample covering the end yet;
+                # the deadline is looked up anew after the wait.
+                return min(deadline - now, self._interval)
+            owner.poll()
+            owner._settle_done(deadline)
+            return 0.0
+        if not self._idle:
+            self._idle = True  # linger one whole interval: the next task may come soon
+            return self._interval
+        return math.inf
 
     def _tick_after_interval(self) -> float | None:
-        # Woken early: the last task ended, or close(); look again instead.
         if self._wake.wait(self._interval) or self._stop.is_set():
-            return 0.0
+            return 0.0  # close(), or a wake that raced the thread's start: look again
         owner = self._owner()
         if owner is None:
             return None

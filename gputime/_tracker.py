@@ -247,7 +247,12 @@ class Tracker:
         #: Task ends recorded where they could not finish (see _defer_end):
         #: (handle, exception, end on the clock, end in wall-clock ns).
         self._ending: deque[tuple[TaskHandle, BaseException | None, float, int]] = deque()
-        self._sampler = Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
+        # A tracker that reads no device has nothing to sample: no thread at all.
+        self._sampler = (
+            Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
+            if self.threaded and self._device_count
+            else None
+        )
         self._emitter = Emitter(self, tracer_provider, meter_provider)
         self._closed = False
         _register_for_fork(self)
@@ -268,8 +273,11 @@ class Tracker:
     def sampler_running(self) -> bool:
         """Whether the background sampler is reading (not parked, not stopped)."""
         ledger = self._ledger
-        return self._sampler.alive and (
-            ledger.active_tasks > 0 or ledger.settle_deadline is not None
+        sampler = self._sampler
+        return (
+            sampler is not None
+            and sampler.alive
+            and (ledger.active_tasks > 0 or ledger.settle_deadline is not None)
         )
 
     @property
@@ -345,7 +353,8 @@ class Tracker:
         if self._ending:
             self._finish_deferred_ends()
         self._closed = True
-        self._sampler.close()
+        if self._sampler is not None:
+            self._sampler.close()
         try:
             self._session.close()
         except Exception as exc:  # noqa: BLE001 - a driver fault must not escape close()
@@ -380,8 +389,11 @@ class Tracker:
             self._start_in_collection(handle, spec)
             return handle
         try:
-            if self._ledger.begin(handle, spec.service) and self.threaded and not self._closed:
-                self._sampler.wake()
+            first = self._ledger.begin(handle, spec.service)
+            # The one cross-thread wake: the first task after the sampler parked.
+            sampler = self._sampler
+            if first and sampler is not None and sampler.parked and not self._closed:
+                sampler.wake()
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
             _unrecorded(handle)
@@ -456,10 +468,9 @@ class Tracker:
                 reads = None  # nothing to read, or nothing new can have been sampled
             else:
                 reads = self._read_all()
-            if ledger.end(handle, end, reads) and self.threaded and self._device_count:
-                # The last task ended: the sampler makes its settle read one
-                # sample period from now, not at the end of its current wait.
-                self._sampler.wake()
+            # The last task's end sets the settle deadline; the sampler, awake
+            # while tasks ran, finds it at its next tick (no wake: see Sampler).
+            ledger.end(handle, end, reads)
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task end", fault)
         if exc is not None and isinstance(exc, Exception):
@@ -484,10 +495,11 @@ class Tracker:
                 reads.append(exc)
         return reads
 
-    def _sample_jitter(self) -> float:
+    def _sample_jitter(self) -> float | None:
         # Backends that know when their next sample can appear say so; the
-        # others get no read skipped at task exit (a jitter of a whole period).
-        return float(getattr(self._session, "sample_jitter", self._session.sample_period))
+        # others get no read skipped at task exit.
+        jitter = getattr(self._session, "sample_jitter", None)
+        return None if jitter is None else float(jitter)
 
     def _sampling_state(self) -> tuple[bool, float | None, float]:
         """For the sampler thread: tasks running, settle deadline, clock now."""
@@ -524,7 +536,8 @@ class Tracker:
         self._ending.clear()  # the parent's tasks: the child starts at zero
         self._ledger.clear_after_fork()
         self._emitter._after_fork_in_child()
-        self._sampler.after_fork()
+        if self._sampler is not None:
+            self._sampler.after_fork()
         self._faults_lock = threading.Lock()
         self._faults_logged = set()  # the child logs its own faults
         if not self._closed:

@@ -196,18 +196,53 @@ class TestSampler:
             # total equals the task's figure up to the driver's rounding.
             assert tracker.stats("nmt").gpu_ms == pytest.approx(task.gpu_ms, abs=1.0)
 
-    def test_settle_read_comes_one_sample_period_after_the_end_not_an_interval(self):
+    def test_settle_read_comes_at_the_next_tick_and_completes_the_window(self):
+        # The last end does not wake the sampler (no cross-thread wake per
+        # request): the settle read comes at its next tick, and at least one
+        # sample period after the end.
         gpu = SimulatedGpu(sample_period=0.05)
         gpu.set_utilization(100)
-        with Tracker(backend=gpu, interval=5.0) as tracker:
+        with Tracker(backend=gpu, interval=0.5) as tracker:
             with tracker.gpu_task("nmt") as task:
                 time.sleep(0.02)
-            ended = time.monotonic()
-            assert wait_until(lambda: not tracker.sampler_running, timeout=4.0)
-            assert time.monotonic() - ended < 2.0  # far less than the 5 s interval
+            assert wait_until(lambda: not tracker.sampler_running)
+            assert tracker._sampler is not None
+            assert tracker._sampler.wakes == 1  # the first task's start, nothing else
             # The settle read collected the sample covering the end: the whole
             # window (at 100 %) is in the service total.
             assert tracker.stats("nmt").gpu_ms == pytest.approx(1000 * task.duration, abs=0.5)
+
+    def test_back_to_back_tasks_wake_the_sampler_once(self, live_gpu: SimulatedGpu):
+        with Tracker(backend=live_gpu, interval=0.05) as tracker:
+            sampler = tracker._sampler
+            assert sampler is not None
+            for i in range(2000):
+                with tracker.gpu_task("nmt"):
+                    if i % 100 == 0:
+                        time.sleep(0.01)  # the sampler ticks meanwhile, and reads
+            assert sampler.wakes == 1
+            assert live_gpu.reads > 0
+            # Idle now: it settles, lingers one interval without reading, parks.
+            assert wait_until(lambda: sampler.parked)
+            parked_reads = live_gpu.reads
+            for _ in range(3):
+                with tracker.gpu_task("nmt"):
+                    pass
+            assert sampler.wakes == 2  # woken from parked once, not per task
+            assert wait_until(lambda: sampler.parked)
+            assert live_gpu.reads > parked_reads  # the settle read of the new tasks
+            assert tracker.stats("nmt").task_count == 2003
+
+    def test_no_device_no_sampler_thread(self):
+        before = len(sampler_threads())
+        with Tracker(backend="none") as tracker:
+            for _ in range(100):
+                with tracker.gpu_task("nmt"):
+                    pass
+            assert tracker._sampler is None
+            assert len(sampler_threads()) == before
+            assert not tracker.sampler_running
+            assert tracker.stats("nmt").task_count == 100
 
     def test_a_dropped_tracker_is_collected_and_its_thread_ends(self, live_gpu: SimulatedGpu):
         before = len(sampler_threads())
