@@ -141,6 +141,7 @@ class _Channel:
         "last_value",
         "pending",
         "prune_at",
+        "quiet_until",
         "since",
         "slot",
     )
@@ -160,6 +161,9 @@ class _Channel:
         #: What the next read asks from; kept current under the lock so that
         #: the read path can use it without taking the lock.
         self.since = -math.inf
+        #: A read found no sample although one was overdue (the driver is not
+        #: sampling: an idle GPU): task exits ask again only from here on.
+        self.quiet_until = -math.inf
 
     def update_since(self, period: float) -> None:
         horizon = self.horizon
@@ -298,8 +302,9 @@ class Ledger:
             (every status then reads ``unavailable``).
         measures_energy: True when readings carry power samples.
         sample_period: The driver's sample period, in seconds.
-        sample_jitter: How much earlier than one period after the newest sample
-            the next one may appear; task exits skip the read before that.
+        sample_jitter: How much later than one period after the newest sample
+            the next one may first be visible; task exits skip the read before
+            that (``None``: the backend cannot say, and every exit reads).
         attribution: ``"device"``, ``"split"`` or ``"process"`` (which the
             ledger treats like ``"device"``: the backend already filtered).
         threshold: Samples at or below this percent count as idle.
@@ -314,7 +319,7 @@ class Ledger:
         measures_utilization: bool,
         measures_energy: bool,
         sample_period: float,
-        sample_jitter: float,
+        sample_jitter: float | None,
         attribution: Attribution,
         threshold: float,
         clock: Callable[[], float],
@@ -519,7 +524,7 @@ class Ledger:
         """The driver's sample period."""
         return self._period
 
-    def set_timing(self, period: float, jitter: float) -> None:
+    def set_timing(self, period: float, jitter: float | None) -> None:
         """The driver's sample period and jitter changed (NVML learns them late)."""
         if period != self._period or jitter != self._jitter:
             with self._lock:
@@ -653,20 +658,44 @@ class Ledger:
         self._update_fresh_until()
 
     def _update_fresh_until(self) -> None:
-        """Until ``fresh_until`` no driver can have a sample newer than the newest read.
+        """Until ``fresh_until`` a task exit need not read the driver.
 
-        A task exit before then need not read: the newest visible sample, which
-        its tail takes, is already known. Read lock-free by the exit path.
+        The next sample is due one period after the newest one read, and is
+        visible at the latest ``jitter`` later; before then the exit's tail
+        takes the newest sample read (for an exit in the jitter window just
+        before a sample that is already out, the error is that window's length
+        at most). Where a read found nothing although a sample was overdue,
+        the driver is not sampling: exits ask again one period later. So exits
+        read the driver at most about once per sample period, however many
+        tasks end. Read lock-free by the exit path.
         """
-        fresh = math.inf if self._util else -math.inf
-        lead = self._period - self._jitter
+        jitter = self._jitter
+        if jitter is None or not self._util:
+            self.fresh_until = -math.inf
+            return
+        fresh = math.inf
+        late = self._period + jitter
         for channel in self._util:
             last_end = channel.last_end
-            if last_end is None or channel.since < last_end:
-                fresh = -math.inf  # a read must still fetch the newest visible sample
-                break
-            fresh = min(fresh, last_end + lead)
+            if last_end is None:
+                due = channel.quiet_until
+            elif channel.since < last_end:
+                due = -math.inf  # a read must still fetch the newest visible sample
+            else:
+                due = last_end + late
+                due = max(due, channel.quiet_until)
+            fresh = min(fresh, due)
         self.fresh_until = fresh
+
+    def _nothing_new(self, channel: _Channel) -> None:
+        """A read of ``channel`` brought no sample newer than the newest one."""
+        last_end = channel.last_end
+        jitter = self._jitter
+        if jitter is None:
+            return
+        now = self._clock()
+        if last_end is None or now >= last_end + self._period + jitter:
+            channel.quiet_until = now + self._period
 
     def _split_rates(self, now: float) -> None:
         """Under ``split``, the active services share each moment equally from ``now`` on."""
@@ -709,8 +738,12 @@ class Ledger:
                 if self._power:
                     self._read_failed(self._power[device])
                 continue
+            util = self._util[device]
+            newest = util.last_end
             if outcome.utilization:
-                self._ingest_channel(self._util[device], outcome.utilization)
+                self._ingest_channel(util, outcome.utilization)
+            if util.last_end == newest:
+                self._nothing_new(util)
             if self._power and outcome.power:
                 self._ingest_channel(self._power[device], outcome.power)
         self._update_fresh_until()

@@ -187,3 +187,35 @@ def test_task_exits_skip_reads_that_cannot_bring_a_new_sample(nvml: FakeNvml, cl
         with tracker.gpu_task("short"):
             clock.advance(0.001)
         assert nvml.calls["nvmlDeviceGetSamples"] > reads
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["busy", "idle"])
+@pytest.mark.parametrize("sample_when_idle", [True, False], ids=["idle-samples", "no-idle-samples"])
+def test_exits_read_the_driver_at_most_once_per_sample_period(
+    clock: FakeClock, busy: bool, sample_when_idle: bool
+):
+    gpu = FakeGpu(0, "GPU-00000000-aaaa-bbbb-cccc-000000000000", sample_when_idle=sample_when_idle)
+    with installed(FakeNvml(clock, [gpu])) as nvml, tracker_on(nvml, clock) as tracker:
+        nvml.set_utilization(60 if busy else 0)
+        with tracker.gpu_task("warm"):
+            clock.advance(1.0)
+            tracker.poll()
+
+        def reads() -> float:
+            # pynvml's nvmlDeviceGetSamples makes two C calls (size, then fill).
+            return (
+                nvml.calls["nvmlDeviceGetSamples"] / 2 + nvml.calls["nvmlDeviceGetUtilizationRates"]
+            )
+
+        before = reads()
+        seconds = 3.0
+        for _ in range(3000):  # back to back, 1 ms each: 18 sample periods
+            with tracker.gpu_task("short") as task:
+                clock.advance(seconds / 3000)
+        assert reads() - before <= seconds / P + 1
+        assert tracker.stats("short").task_count == 3000
+        assert task.status == "ok"
+        if busy:
+            assert task.gpu_util_ms == pytest.approx(0.6, abs=0.01)
+            # Learned from the driver's timestamps (the double's are exact).
+            assert tracker._session.sample_jitter < 0.005  # type: ignore[attr-defined]

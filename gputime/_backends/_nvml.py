@@ -396,6 +396,20 @@ def _probe(nv: Any, handle: Any, name: str, *args: object) -> tuple[str, Any]:
         return f"error: {_describe(exc)}", None
 
 
+def _jitter_from(timestamps_us: Sequence[int], period: float) -> float:
+    """The largest deviation of consecutive sample intervals from ``period``, in seconds.
+
+    Intervals of whole multiples of the period (samples the driver skipped)
+    deviate by their remainder only.
+    """
+    worst = 0.0
+    for a, b in itertools.pairwise(timestamps_us):
+        interval = (b - a) / 1e6
+        periods = max(1, round(interval / period))
+        worst = max(worst, abs(interval - periods * period))
+    return worst
+
+
 def _period_from(timestamps_us: Sequence[int], minimum: int) -> float | None:
     diffs = [b - a for a, b in itertools.pairwise(timestamps_us) if b > a]
     if len(diffs) < minimum:
@@ -659,9 +673,11 @@ class _Device:
         "energy_ok",
         "handle",
         "info",
+        "jitter",
         "lock",
         "lookup",
         "newest_end",
+        "newest_ts",
         "period",
         "process_call",
         "rates_ok",
@@ -684,7 +700,11 @@ class _Device:
         self.energy_ok = not target.mig
         self.process_call: str | None = None
         self.period: float | None = None
+        #: See NvmlSession.sample_jitter; None until learned.
+        self.jitter: float | None = None
         self.newest_end: float | None = None
+        #: The newest raw NVML timestamp read (wall-clock microseconds).
+        self.newest_ts: int | None = None
         self.energy_base: tuple[float, int] | None = None
         self.dead: NvmlDeviceLostError | None = None
         self.lock = threading.Lock()
@@ -736,14 +756,16 @@ class _NvmlSession:
 
     @property
     def sample_jitter(self) -> float:
-        """How much earlier than one period after the newest sample the next may come.
+        """How much later than one period after the newest sample the next may be visible.
 
-        The driver samples on its own schedule and the clock mapping adds a
-        little error: half a period keeps task exits from skipping a read
-        that could bring a new sample, while still sparing the driver most
-        exit reads of tasks shorter than that.
+        Learned per device from the driver's own timestamps (the largest
+        deviation of consecutive samples from the period, decaying slowly),
+        plus what the wall-clock mapping may be off by; ``_SLACK`` for a
+        device not yet seen sampling. Task exits read the driver only once a
+        new sample must be out, so at most about once per sample period.
         """
-        return self.sample_period / 2
+        learned = [dev.jitter if dev.jitter is not None else _SLACK for dev in self._devs]
+        return max(learned, default=_SLACK) + _CLOCK_STEP
 
     def read(self, device: int, since: float) -> Reading:
         """Read one device's samples newer than ``since`` (tracker seconds).
@@ -1087,9 +1109,20 @@ class _NvmlSession:
                 dev.info.id,
             )
         ordered = sorted(kept.items())
-        period = _period_from([ts for ts, _ in ordered], 3)
+        timestamps = [ts for ts, _ in ordered]
+        period = _period_from(timestamps, 3)
         if period is not None:
             dev.period = period
+        if timestamps:
+            # Most reads bring one sample: the jitter is learned across reads.
+            previous = dev.newest_ts
+            if previous is not None and previous < timestamps[0]:
+                timestamps.insert(0, previous)
+            dev.newest_ts = max(timestamps[-1], previous or 0)
+            if dev.period is not None and len(timestamps) > 1:
+                jitter = _jitter_from(timestamps, dev.period)
+                # Decays slowly: one late sample keeps exits careful for a while.
+                dev.jitter = jitter if dev.jitter is None else max(jitter, dev.jitter * 0.9)
         return ordered
 
     def _note_newest(self, dev: _Device, end: float) -> None:

@@ -295,9 +295,9 @@ class _SimulatedSession:
         self.measures_utilization = True
         self.measures_energy = gpu.measure_energy
         self.sample_period = gpu.sample_period
-        # Sample k appears at k * P (less the float tolerance of _read): a task
-        # exit before then need not read.
-        self.sample_jitter = _EPS * gpu.sample_period
+        # Sample k appears at k * P, never later (a hair earlier: the float
+        # tolerance of _read): a task exit before then need not read.
+        self.sample_jitter = -_EPS * gpu.sample_period
 
     def read(self, device: int, since: float) -> Reading:
         return self._gpu._read(self._indices[device], since)
