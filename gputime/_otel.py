@@ -38,14 +38,33 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, NoOpMeter, Observation
-from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode
 
 from gputime._version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry.metrics import CallbackOptions, NoOpMeter, Observation
+    from opentelemetry.metrics import _internal as _metrics_internal
+else:
+    # The metrics API costs a quarter of importing gputime, and a process that
+    # imports gputime need not make a tracker: bound by _load_metrics_api()
+    # when the first emitter is made.
+    otel_metrics = _metrics_internal = NoOpMeter = Observation = None
+
+
+def _load_metrics_api() -> None:
+    global otel_metrics, _metrics_internal, NoOpMeter, Observation
+    if otel_metrics is None:
+        from opentelemetry import metrics  # noqa: PLC0415 - see above
+        from opentelemetry.metrics import _internal  # noqa: PLC0415
+
+        # mypy sees these names as the classes imported for type checking.
+        NoOpMeter, Observation = metrics.NoOpMeter, metrics.Observation  # type: ignore[misc]
+        otel_metrics, _metrics_internal = metrics, _internal
+
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram, Meter, MeterProvider
@@ -197,6 +216,7 @@ class Emitter:
         tracer_provider: TracerProvider | None,
         meter_provider: MeterProvider | None,
     ) -> None:
+        _load_metrics_api()
         self._tracker = tracker
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider

@@ -15,8 +15,6 @@ import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-import wrapt
-
 from gputime import _default, _gcsafe
 from gputime._tracker import TaskHandle, Tracker, _check_service
 
@@ -189,6 +187,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             return self._decorate_function(func)
         # Other callables (partials, callable objects, builtins): a transparent
         # proxy keeps their attributes, isinstance checks and binding behaviour.
+        # wrapt is imported here, not with gputime: it costs more to import
+        # than the rest of gputime (it pulls asyncio in), and most users only
+        # ever decorate functions.
+        import wrapt  # noqa: PLC0415 - see above
+
         return wrapt.FunctionWrapper(func, self._proxy_call)
 
     # The wrappers are closures rather than wrapt proxies on the hot path: a
