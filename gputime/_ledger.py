@@ -329,12 +329,12 @@ class Ledger:
         # channels' horizons and pending marks, the marks' values. No backend
         # call and no user callback ever runs while it is held.
         #
-        # An RLock only so that :meth:`held_here` can ask who holds it (it
+        # An RLock only so that :attr:`held_here` can ask who holds it (it
         # costs what a Lock does): it is never entered twice. A finaliser that
         # runs while this thread holds it (the last reference to a generator
         # dropped under the lock, or the collector running here) must not wait
         # for it, and must not enter a half-updated ledger either.
-        self._lock = threading.RLock()
+        self._new_lock()
         # Immutable after construction.
         self._clock = clock
         self._device_count = devices
@@ -383,12 +383,17 @@ class Ledger:
             else []
         )
         self._channels = (*self._util, *self._power)
+        #: The oldest and newest of the channels' horizons (see _update_horizons).
+        self._min_horizon = -math.inf if self._channels else math.inf
+        self._max_horizon = -math.inf
 
     # -- task lifecycle --------------------------------------------------------------
 
-    def held_here(self) -> bool:
-        """Whether the current thread holds the ledger lock (then it must not wait for it)."""
-        return self._lock._is_owned()  # type: ignore[attr-defined, no-any-return] # C RLock
+    def _new_lock(self) -> None:
+        self._lock = threading.RLock()
+        #: Whether the current thread holds the ledger lock (then it must not
+        #: wait for it): the lock's own C method, one call on the task path.
+        self.held_here: Callable[[], bool] = self._lock._is_owned  # type: ignore[attr-defined] # C RLock
 
     @property
     def active_tasks(self) -> int:
@@ -420,7 +425,10 @@ class Ledger:
             record._fail_epoch = self._fail_epoch
             if self._device_count:
                 if first_overall:
-                    self._wake_channels(now)
+                    self._settle_deadline = None
+                    # _settled() written out: this runs as every task after idle begins.
+                    if self._min_horizon >= self._last_close - _EPS:
+                        self._wake_channels(now)
                 if service.active == 1:
                     self._active_services.append(service)
                     self._tracking.add(service)
@@ -468,9 +476,8 @@ class Ledger:
             # up to it (by the exit read's latency at most), so windows, frozen
             # task figures and credited samples all see one order of events.
             latest = self._latest_event
-            for channel in self._channels:
-                if channel.horizon > latest:  # noqa: PLR1730 - no max() on every task exit
-                    latest = channel.horizon
+            if self._max_horizon > latest:  # noqa: PLR1730 - no max() on every task exit
+                latest = self._max_horizon
             if end < latest:  # noqa: PLR1730 - as above
                 end = latest
             self._latest_event = end
@@ -619,7 +626,7 @@ class Ledger:
 
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""
-        self._lock = threading.RLock()
+        self._new_lock()
         self.generation += 1
         self._new_state()
 
@@ -627,22 +634,20 @@ class Ledger:
 
     def _covered_up_to(self, t: float) -> bool:
         """Whether every channel credited its samples up to ``t``."""
-        t -= _EPS
-        return all(channel.horizon >= t for channel in self._channels)
+        return self._min_horizon >= t - _EPS
+
+    def _update_horizons(self) -> None:
+        """Keep the oldest and newest channel horizons (read on every task begin and end)."""
+        horizons = [channel.horizon for channel in self._channels]
+        self._min_horizon = min(horizons, default=math.inf)
+        self._max_horizon = max(horizons, default=-math.inf)
 
     def _settled(self) -> bool:
         """Whether every sample covering the last closed window was credited."""
         return self._covered_up_to(self._last_close)
 
     def _wake_channels(self, now: float) -> None:
-        """The first task after idle: start crediting from now, unless a window is unsettled."""
-        self._settle_deadline = None
-        # _settled(), written out (a generator costs more than the whole check):
-        # this runs as every task after idle begins.
-        last_close = self._last_close - _EPS
-        for channel in self._channels:
-            if channel.horizon < last_close:
-                return  # a closed window still waits for its samples: keep the horizons
+        """The first task after idle, every window settled: start crediting from now."""
         for channel in self._channels:
             if channel.pending:
                 # Only resets can wait here (no task runs): their services
@@ -652,9 +657,10 @@ class Ledger:
                     if not mark._done:
                         self._fill_from_sums(mark, channel)
                 channel.pending = []
-            if channel.horizon < now:  # noqa: PLR1730 - as above, on every first task
+            if channel.horizon < now:  # noqa: PLR1730 - no max() on every first task
                 channel.horizon = now
             channel.update_since(self._period)
+        self._update_horizons()
         self._update_fresh_until()
 
     def _update_fresh_until(self) -> None:
@@ -746,6 +752,7 @@ class Ledger:
                 self._nothing_new(util)
             if self._power and outcome.power:
                 self._ingest_channel(self._power[device], outcome.power)
+        self._update_horizons()
         self._update_fresh_until()
 
     def _read_failed(self, channel: _Channel) -> None:
