@@ -413,18 +413,45 @@ class Tracker:
         except Exception:  # noqa: BLE001 - no logging inside a collection
             _unrecorded(handle)
 
-    def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
-            self._defer_end(handle, exc)
-            return
-        if self._ending:
-            self._finish_deferred_ends()
+    def _end_task(
+        self,
+        handle: TaskHandle,
+        exc: BaseException | None,
+        end: float | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        """End a task now, or (``end`` given) finish an end recorded by :meth:`_defer_end`."""
+        if end is None:
+            if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
+                self._defer_end(handle, exc)
+                return
+            if self._ending:
+                self._finish_deferred_ends()
+            try:
+                end = self.clock()
+            except Exception as fault:  # noqa: BLE001 - the task must end all the same
+                self._report_fault("clock", fault)
+                end = -math.inf  # the ledger moves it up to its newest known instant
+        ledger = self._ledger
         try:
-            end = self.clock()
-        except Exception as fault:  # noqa: BLE001 - the task must end all the same
-            self._report_fault("clock", fault)
-            end = -math.inf  # the ledger moves it up to its newest known instant
-        self._finish_end(handle, exc, end, None)
+            if (
+                not self._device_count
+                or (end < ledger.fresh_until and not self._closed)
+                or handle._generation != ledger.generation  # begun before a fork
+            ):
+                reads = None  # nothing to read, or nothing new can have been sampled
+            else:
+                reads = self._read_all()
+            # The last task's end sets the settle deadline; the sampler, awake
+            # while tasks ran, finds it at its next tick (no wake: see Sampler).
+            ledger.end(handle, end, reads)
+        except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
+            self._report_fault("task end", fault)
+        if exc is not None and isinstance(exc, Exception):
+            handle.error = exc
+        self._emitter.task_ended(handle, exc, end_ns)
+        if self._end_listeners:
+            self._notify(self._end_listeners, handle, "on_task_end")
 
     def _defer_end(self, handle: TaskHandle, exc: BaseException | None) -> None:
         """Record an end that cannot finish here, without a lock, a context change or a log.
@@ -453,31 +480,7 @@ class Tracker:
                 handle, exc, end, end_ns = ending.popleft()
             except IndexError:  # pragma: no cover - another thread took the last one
                 return
-            self._finish_end(handle, exc, end, end_ns)
-
-    def _finish_end(
-        self, handle: TaskHandle, exc: BaseException | None, end: float, end_ns: int | None
-    ) -> None:
-        ledger = self._ledger
-        try:
-            if (
-                not self._device_count
-                or (end < ledger.fresh_until and not self._closed)
-                or handle._generation != ledger.generation  # begun before a fork
-            ):
-                reads = None  # nothing to read, or nothing new can have been sampled
-            else:
-                reads = self._read_all()
-            # The last task's end sets the settle deadline; the sampler, awake
-            # while tasks ran, finds it at its next tick (no wake: see Sampler).
-            ledger.end(handle, end, reads)
-        except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
-            self._report_fault("task end", fault)
-        if exc is not None and isinstance(exc, Exception):
-            handle.error = exc
-        self._emitter.task_ended(handle, exc, end_ns)
-        if self._end_listeners:
-            self._notify(self._end_listeners, handle, "on_task_end")
+            self._end_task(handle, exc, end, end_ns)
 
     def _read_all(self) -> list[ReadOutcome]:
         """One read per device, outside the ledger lock; failures become outcomes."""

@@ -6,6 +6,8 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -405,3 +407,20 @@ def test_wrapper_works_with_functools_partial_and_lambda(tracker):
     assert job(5) == 32
     assert tracker.gpu_task("p")(lambda: 1)() == 1
     assert tracker.stats("p").task_count == 2
+
+
+def test_import_loads_neither_wrapt_nor_asyncio_nor_the_metrics_api():
+    # Each is imported when first needed: wrapt for callables that are not
+    # plain functions, the metrics API when the first tracker is made.
+    code = (
+        "import sys, functools\n"
+        "import gputime\n"
+        "early = [m for m in ('wrapt', 'asyncio', 'opentelemetry.metrics') if m in sys.modules]\n"
+        "assert not early, early\n"
+        "gputime.gpu_task('svc')(functools.partial(print))\n"
+        "assert 'wrapt' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
