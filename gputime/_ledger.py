@@ -135,6 +135,7 @@ class _Channel:
 
     __slots__ = (
         "device",
+        "failing",
         "horizon",
         "is_power",
         "last_end",
@@ -161,6 +162,9 @@ class _Channel:
         #: What the next read asks from; kept current under the lock so that
         #: the read path can use it without taking the lock.
         self.since = -math.inf
+        #: The newest read of this device failed: nothing is known past the
+        #: horizon, and figures count that stretch as not read (coverage).
+        self.failing = False
         #: A read found no sample although one was overdue (the driver is not
         #: sampling: an idle GPU): task exits ask again only from here on.
         self.quiet_until = -math.inf
@@ -199,6 +203,7 @@ class _Service:
         "last_close",
         "name",
         "prune_at",
+        "reset_at",
         "reset_mark",
         "sums",
         "task_count",
@@ -213,6 +218,8 @@ class _Service:
         self.last_close = -math.inf
         self.sums: list[Sums] = [[0.0, 0.0, 0.0, 0.0] for _ in range(channels)]
         self.reset_mark: _Mark | None = None
+        #: When the last reset was (its figures count from there).
+        self.reset_at = -math.inf
         #: A reading this service needed failed since its last reset.
         self.failed = False
         self.prune_at = _PRUNE_MIN
@@ -616,6 +623,7 @@ class Ledger:
                 mark._svc = service
                 service.task_count = 0
                 service.failed = False
+                service.reset_at = now
                 if service.active or not self._covered_up_to(service.last_close):
                     # A sample still to come may straddle the reset: only its
                     # later part counts, so the mark waits for that sample.
@@ -745,6 +753,9 @@ class Ledger:
                     self._read_failed(self._power[device])
                 continue
             util = self._util[device]
+            util.failing = False
+            if self._power:
+                self._power[device].failing = False
             newest = util.last_end
             if outcome.utilization:
                 self._ingest_channel(util, outcome.utilization)
@@ -759,10 +770,12 @@ class Ledger:
         # Figures that needed this reading are partial, even if the samples
         # are recovered by a later read (spec: "even if recovered later"). A
         # service whose windows this device already covered needed nothing.
+        # A failure before the last reset is not the new figures' business.
         self._fail_epoch += 1
-        needed_after = channel.horizon + _EPS
+        channel.failing = True
+        unread_from = channel.horizon + _EPS
         for service in self._tracking:
-            if service.active or service.last_close > needed_after:
+            if service.active or service.last_close > max(unread_from, service.reset_at):
                 service.failed = True
 
     def _ingest_channel(
@@ -896,6 +909,8 @@ class Ledger:
                 weighted += value * weight
         if not self._measures:
             return 0.0, 0.0, None, "unavailable", 0.0
+        if end is None:
+            missing += self._unread(service, start)
         failed_read = record._fail_epoch != self._fail_epoch
         partial = failed_read or missing > _EPS or energy_missing or self._partial_devices
         seen = covered + missing
@@ -929,6 +944,26 @@ class Ledger:
                 service.forget_before(floor)
                 service.prune_at = max(_PRUNE_MIN, 2 * len(service.bp_t))
 
+    def _unread(self, service: _Service, since: float) -> float:
+        """Active time of ``service`` after ``since`` that failing reads left unread.
+
+        While a device's reads fail, its horizon stays where the last good
+        read left it: the service's time past it, up to now, was not read.
+        """
+        unread = 0.0
+        now: float | None = None
+        for channel in self._util:
+            if not channel.failing or not service.bp_t:
+                continue
+            lo = channel.horizon if channel.horizon > since else since
+            if not service.active and service.last_close <= lo:
+                continue
+            if now is None:
+                now = self._clock()
+            if now > lo:
+                unread += service.at(now)[0] - service.at(lo)[0]
+        return unread
+
     def _snapshot(self, service: _Service) -> ServiceStats:
         busy = weighted = covered = missing = energy = 0.0
         energy_missing = False
@@ -950,6 +985,7 @@ class Ledger:
                 weighted += now[_WEIGHTED] - since[_WEIGHTED]
                 covered += now[_COVERED] - since[_COVERED]
                 missing += now[_MISSING] - since[_MISSING]
+        missing += self._unread(service, service.reset_at)
         status = self._base_status
         if status == "ok" and (service.failed or missing > _EPS or energy_missing):
             status = "partial"

@@ -509,6 +509,49 @@ class TestFailedReadings:
         assert task.status == "partial"
         assert task.coverage == 0.0
 
+    def test_coverage_says_what_was_read_while_the_failure_lasts(self, tracker, gpu, clock):
+        # A GPU that stops answering (fallen off the bus): every read fails.
+        gpu.set_utilization(100)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            tracker.poll()  # read: samples up to 0.5 s
+            gpu.fail_reads()
+            clock.advance(0.5)
+            tracker.poll()  # fails: nothing is known after 0.5 s
+            assert task.coverage == pytest.approx(0.5)
+            assert task.status == "partial"
+            assert tracker.stats("nmt").coverage == pytest.approx(0.5)
+            clock.advance(1.0)
+            assert task.coverage == pytest.approx(0.25)  # and it shrinks as time goes on
+        assert task.coverage == pytest.approx(0.25)
+        stats = tracker.stats("nmt")
+        assert (stats.coverage, stats.status) == (pytest.approx(0.25), "partial")
+        clock.advance(5)  # the window is closed: its coverage no longer moves
+        assert tracker.stats("nmt").coverage == pytest.approx(0.25)
+        gpu.fail_reads(0)
+        tracker.poll()  # the driver answers again; the ring buffer still had the samples
+        assert tracker.stats("nmt").coverage == pytest.approx(1.0)
+        assert tracker.stats("nmt").status == "partial"  # even if recovered later
+
+    def test_coverage_of_a_service_whose_every_read_failed(self, tracker, gpu, clock):
+        gpu.fail_reads()
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(1.0)
+            tracker.poll()
+            assert task.coverage == 0.0
+            assert tracker.stats("nmt").coverage == 0.0
+        assert tracker.stats("nmt").coverage == 0.0
+
+    def test_a_reset_forgets_a_failure_from_before_it(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "nmt", 0.05)  # its settle read is still due
+        tracker.reset("nmt")
+        gpu.fail_reads(1)
+        clock.advance(P)
+        tracker.poll()  # the settle read fails: it covers only time before the reset
+        stats = tracker.stats("nmt")
+        assert (stats.status, stats.coverage) == ("ok", 1.0)
+
     def test_status_worst_since_reset(self, tracker, gpu, clock):
         gpu.fail_reads(1)
         run_task(tracker, clock, "nmt", 0.5)
