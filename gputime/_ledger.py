@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -390,6 +391,13 @@ class Ledger:
             else []
         )
         self._channels = (*self._util, *self._power)
+        #: Task ends recorded where they could not be applied (inside a garbage
+        #: collection, or under this lock): ``(record, end, payload)``, appended
+        #: without a lock, applied in order under the lock before any later
+        #: event (see _apply_recorded), then moved to ``finished`` as
+        #: ``(record, payload)`` for the tracker to emit from a safe place.
+        self.recorded: deque[tuple[TaskRecord, float, object]] = deque()
+        self.finished: deque[tuple[TaskRecord, object]] = deque()
         #: The oldest and newest of the channels' horizons (see _update_horizons).
         self._min_horizon = -math.inf if self._channels else math.inf
         self._max_horizon = -math.inf
@@ -418,6 +426,8 @@ class Ledger:
         The hot path: one lock acquisition, no allocation but a new service's.
         """
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()
             now = self._clock()
             if now > self._latest_event:  # noqa: PLR1730 - no max() on every task
                 self._latest_event = now
@@ -461,63 +471,86 @@ class Ledger:
                 :attr:`fresh_until`).
         """
         with self._lock:
-            if record.end_time is not None:
-                return False  # ended twice
-            if record._generation != self.generation:
-                # Begun before a fork: the child starts empty, and this process
-                # has no figures for the part of the task it saw.
-                record.end_time = end
-                record._final = (0.0, 0.0, None, "partial", 0.0)
-                return False
-            service = record._svc
-            service.task_count += 1
-            service.active -= 1
-            self._active_tasks -= 1
-            last = not self._active_tasks
-            if not self._device_count:
-                record.end_time = end if end > record.start_time else record.start_time
-                record._final = _UNAVAILABLE
-                return last
-            # Keep time in order: a begin, an end or a sample that another
-            # thread applied between our clock read and this lock moves the end
-            # up to it (by the exit read's latency at most), so windows, frozen
-            # task figures and credited samples all see one order of events.
-            latest = self._latest_event
-            if self._max_horizon > latest:  # noqa: PLR1730 - no max() on every task exit
-                latest = self._max_horizon
-            if end < latest:  # noqa: PLR1730 - as above
-                end = latest
-            self._latest_event = end
+            if self.recorded:
+                self._apply_recorded()
+            return self._end_locked(record, end, reads)
+
+    def apply_recorded(self) -> None:
+        """Apply the task ends recorded so far (see :attr:`recorded`)."""
+        if self.recorded:
+            with self._lock:
+                self._apply_recorded()
+
+    def _apply_recorded(self) -> None:
+        # Only lock holders pop, so ends are applied once each and in order; a
+        # finaliser may append meanwhile (the loop takes it too).
+        recorded = self.recorded
+        while recorded:
+            record, end, payload = recorded.popleft()
+            self._end_locked(record, end, None)  # no exit read: it could not be made
+            self.finished.append((record, payload))
+
+    def _end_locked(
+        self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None
+    ) -> bool:
+        """Close ``record``; the lock is held (see :meth:`end`)."""
+        if record.end_time is not None:
+            return False  # ended twice
+        if record._generation != self.generation:
+            # Begun before a fork: the child starts empty, and this process
+            # has no figures for the part of the task it saw.
             record.end_time = end
-            # Close the window before ingesting the exit reads, so that a sample
-            # reaching past the end credits the service only up to the end.
-            if not service.active:
-                self._active_services.remove(service)
-                service.set_rate(end, 0.0)
-                service.last_close = end
-                if self._split:
-                    self._split_rates(end)
-            end_mark = None
-            if reads is not None:
-                end_mark = _Mark()
-                end_mark._svc = service
-                for channel in self._channels:
-                    channel.pending.append((end, end_mark))
-                self._ingest(reads)
-                end_mark._done = True
-            record._final = self._task_figures(record, end, end_mark, reads)
-            record._done = True
-            if last:
-                self._last_close = end
-                self._settle_deadline = end + self._period
-            for channel in self._channels:
-                pending = channel.pending
-                if pending and pending[-1][1] is record:
-                    pending.pop()  # the common sequential case; others go at the next tidy-up
-            self._ends_since_forget += 1
-            if self._ends_since_forget >= _FORGET_EVERY:
-                self._forget()
+            record._final = (0.0, 0.0, None, "partial", 0.0)
+            return False
+        service = record._svc
+        service.task_count += 1
+        service.active -= 1
+        self._active_tasks -= 1
+        last = not self._active_tasks
+        if not self._device_count:
+            record.end_time = end if end > record.start_time else record.start_time
+            record._final = _UNAVAILABLE
             return last
+        # Keep time in order: a begin, an end or a sample that another
+        # thread applied between our clock read and this lock moves the end
+        # up to it (by the exit read's latency at most), so windows, frozen
+        # task figures and credited samples all see one order of events.
+        latest = self._latest_event
+        if self._max_horizon > latest:  # noqa: PLR1730 - no max() on every task exit
+            latest = self._max_horizon
+        if end < latest:  # noqa: PLR1730 - as above
+            end = latest
+        self._latest_event = end
+        record.end_time = end
+        # Close the window before ingesting the exit reads, so that a sample
+        # reaching past the end credits the service only up to the end.
+        if not service.active:
+            self._active_services.remove(service)
+            service.set_rate(end, 0.0)
+            service.last_close = end
+            if self._split:
+                self._split_rates(end)
+        end_mark = None
+        if reads is not None:
+            end_mark = _Mark()
+            end_mark._svc = service
+            for channel in self._channels:
+                channel.pending.append((end, end_mark))
+            self._ingest(reads)
+            end_mark._done = True
+        record._final = self._task_figures(record, end, end_mark, reads)
+        record._done = True
+        if last:
+            self._last_close = end
+            self._settle_deadline = end + self._period
+        for channel in self._channels:
+            pending = channel.pending
+            if pending and pending[-1][1] is record:
+                pending.pop()  # the common sequential case; others go at the next tidy-up
+        self._ends_since_forget += 1
+        if self._ends_since_forget >= _FORGET_EVERY:
+            self._forget()
+        return last
 
     def _add_service(self, name: str) -> _Service:
         service = self._services[name] = _Service(name, len(self._channels))
@@ -549,11 +582,15 @@ class Ledger:
     def wants_reading(self) -> bool:
         """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()
             return self._active_tasks > 0 or not self._settled()
 
     def ingest(self, reads: Sequence[ReadOutcome]) -> None:
         """Apply one sampling tick's reads (one outcome per device)."""
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()
             self._ingest(reads)
             self._forget()
 
@@ -575,6 +612,8 @@ class Ledger:
         if final is not None:
             return Figures(*final)
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()
             if record._final is not None:
                 return Figures(*record._final)
             if not self._device_count:
@@ -586,6 +625,8 @@ class Ledger:
     def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:
         """Snapshots of one service (zeros if never seen) or of all of them."""
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()
             if service_name is not None:
                 service = self._services.get(service_name)
                 if service is None:
@@ -608,6 +649,8 @@ class Ledger:
             metrics carry them so exported counters never go down).
         """
         with self._lock:
+            if self.recorded:
+                self._apply_recorded()  # ends from before the reset belong before it
             now = self._clock()
             targets = (
                 list(self._services.values())

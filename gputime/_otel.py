@@ -461,10 +461,15 @@ class Emitter:
             return None
 
     def deactivate(self, activated: tuple[object, Context] | None) -> None:
-        """Undo :meth:`activate`."""
+        """Undo :meth:`activate`, right after the resume it wrapped, in the same context.
+
+        Unconditionally: whatever the generator's body made current during its
+        step (a span it keeps open across its ``yield``) is the body's, and the
+        consumer must get back the context it resumed the generator in.
+        """
         if activated is not None:
             try:
-                _detach(*activated)
+                otel_context.detach(activated[0])  # type: ignore[arg-type] # made by attach()
             except Exception as exc:  # noqa: BLE001 - never into user code
                 self._tracker._report_fault("otel.context", exc)
 

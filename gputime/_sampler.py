@@ -15,7 +15,53 @@ import threading
 import weakref
 from typing import Protocol
 
+from gputime import _gcsafe
+
 _JOIN_TIMEOUT_S = 5.0
+
+
+class _Signal:
+    """A wake-up flag for one waiting thread, which code inside a garbage collection may raise.
+
+    Like :class:`threading.Event`, except :meth:`raise_nonblocking`: a finaliser
+    the collector runs on a thread that already holds this signal's lock (the
+    sampler thread itself, inside :meth:`wait`) must not wait for it, so it
+    only notifies if the lock is free. Were it not, the flag is still set and
+    the waiter sees it at its next wake-up.
+    """
+
+    __slots__ = ("_cond", "_flag")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._flag = False
+
+    def raise_(self) -> None:
+        """Set the flag and wake the waiter."""
+        self._flag = True
+        with self._cond:
+            self._cond.notify_all()
+
+    def raise_nonblocking(self) -> bool:
+        """Set the flag; wake the waiter if that needs no waiting. True if it was woken."""
+        self._flag = True
+        if not self._cond.acquire(blocking=False):
+            return False
+        try:
+            self._cond.notify_all()
+        finally:
+            self._cond.release()
+        return True
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until raised (or ``timeout`` seconds); whether it was raised."""
+        with self._cond:
+            if not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
 
 
 class SamplerOwner(Protocol):
@@ -55,8 +101,8 @@ class Sampler:
         self._owner = weakref.ref(owner)
         self._interval = interval
         self._name = name
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._wake = _Signal()
+        self._stopped = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         #: True while the thread waits to be woken (or has not started): the
@@ -74,42 +120,61 @@ class Sampler:
     def alive(self) -> bool:
         """Whether the thread exists and has not been stopped."""
         thread = self._thread
-        return thread is not None and thread.is_alive() and not self._stop.is_set()
+        return thread is not None and thread.is_alive() and not self._stopped
 
     def wake(self) -> None:
         """The first task after idle began while the thread is parked: start or unpark it."""
-        if self._stop.is_set():
+        if self._stopped:
             return
         self.parked = False
         self.wakes += 1
         if self._thread is None:
             with self._start_lock:
-                if self._thread is None and not self._stop.is_set():
+                if self._thread is None and not self._stopped:
                     thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                     thread.start()
                     self._thread = thread
-        self._wake.set()
+        self._wake.raise_()
+
+    def wake_from_collection(self) -> None:
+        """:meth:`wake` for code inside a garbage collection: never blocks.
+
+        A thread is not started from there (starting one waits for it), and a
+        wake that would have to wait is left to the next task start.
+        """
+        if self._stopped or self._thread is None:
+            return
+        if self._wake.raise_nonblocking():
+            self.parked = False
+            self.wakes += 1
 
     def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:
-        """Stop the thread and wait (at most ``timeout`` seconds) for it to end."""
-        self._stop.set()
-        self._wake.set()
+        """Stop the thread and wait (at most ``timeout`` seconds) for it to end.
+
+        Also the finaliser of a tracker dropped without ``close()``, which the
+        garbage collector may run: there it neither waits for a lock nor joins.
+        """
+        self._stopped = True
+        if _gcsafe.in_collection():
+            self._wake.raise_nonblocking()
+            return
+        self._wake.raise_()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread() and timeout > 0:
             thread.join(timeout)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's thread does not exist here."""
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._wake = _Signal()
+        self._stopped = False
         self._start_lock = threading.Lock()
         self._thread = None
         self.parked = True
         self._idle = False
 
     def _run(self) -> None:
-        stop, wake = self._stop, self._wake
-        while not stop.is_set():
+        wake = self._wake
+        while not self._stopped:
             # Set only by a wake from the parked state or by close(): awake,
             # a wake has nothing to add (close() is seen through ``stop``).
             wake.clear()
@@ -142,14 +207,14 @@ class Sampler:
                 self.parked = False
                 return
         del owner  # no strong reference while parked
-        wake.wait()
+        wake.wait(None)
         wake.clear()
         self._idle = False
 
     def _step(self) -> float | None:
         """Do what is due now; return how long to wait (inf: park; None: stop)."""
         owner = self._owner()
-        if owner is None or self._stop.is_set():
+        if owner is None or self._stopped:
             return None
         active, deadline, now = owner._sampling_state()
         if active:
@@ -171,7 +236,7 @@ class Sampler:
         return math.inf
 
     def _tick_after_interval(self) -> float | None:
-        if self._wake.wait(self._interval) or self._stop.is_set():
+        if self._wake.wait(self._interval) or self._stopped:
             return 0.0  # close(), or a wake that raced the thread's start: look again
         owner = self._owner()
         if owner is None:

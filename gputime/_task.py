@@ -93,7 +93,9 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             current = self._current = contextvars.ContextVar("gputime.task")
         # Inside a garbage collection a context variable must not be set (see
         # _gcsafe); the handle is then only found as the newest open one.
-        handle._cm_token = None if _gcsafe.in_collection() else current.set(handle)
+        handle._cm_token = (
+            None if _gcsafe.collecting and _gcsafe.in_collection() else current.set(handle)
+        )
         self._open.append(handle)
         return handle
 
@@ -130,7 +132,9 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         except ValueError:  # another thread took the same fallback handle
             return None
         token = handle._cm_token
-        if isinstance(token, contextvars.Token) and not _gcsafe.in_collection():
+        if isinstance(token, contextvars.Token) and not (
+            _gcsafe.collecting and _gcsafe.in_collection()
+        ):
             # Left in another context than entered in: nothing to undo here.
             with contextlib.suppress(ValueError, RuntimeError):
                 current.reset(token)

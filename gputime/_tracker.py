@@ -8,9 +8,8 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from gputime import _gcsafe
 from gputime._backends import (
@@ -244,9 +243,6 @@ class Tracker:
         self._end_listeners: tuple[Listener, ...] = ()
         self._faults_logged: set[tuple[str, type[BaseException]]] = set()
         self._faults_lock = threading.Lock()
-        #: Task ends recorded where they could not finish (see _defer_end):
-        #: (handle, exception, end on the clock, end in wall-clock ns).
-        self._ending: deque[tuple[TaskHandle, BaseException | None, float, int]] = deque()
         # A tracker that reads no device has nothing to sample: no thread at all.
         self._sampler = (
             Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
@@ -307,11 +303,10 @@ class Tracker:
         """
         if service is not None:
             _check_service(service)
-        if self._ending:
-            self._finish_deferred_ends()
-        if service is None:
-            return self._ledger.stats()
-        return self._ledger.stats(service)[service]
+        stats = self._ledger.stats(service)  # applies recorded ends first
+        if self._ledger.finished:
+            self._emit_finished()
+        return stats if service is None else stats[service]
 
     def reset(self, service: str | None = None) -> None:
         """Zero one service's figures (or all); running tasks go on counting from now."""
@@ -324,9 +319,12 @@ class Tracker:
 
         Reads nothing when no task runs and every window is settled (rule 1).
         """
-        if self._ending:
-            self._finish_deferred_ends()
-        if self._closed or not self._device_count or not self._ledger.wants_reading():
+        ledger = self._ledger
+        if ledger.recorded:
+            ledger.apply_recorded()
+        if ledger.finished:
+            self._emit_finished()
+        if self._closed or not self._device_count or not ledger.wants_reading():
             return
         # NVML learns a device's sample period from its first samples.
         self._ledger.set_timing(self._session.sample_period, self._sample_jitter())
@@ -350,8 +348,9 @@ class Tracker:
         """
         if self._closed:
             return
-        if self._ending:
-            self._finish_deferred_ends()
+        self._ledger.apply_recorded()
+        if self._ledger.finished:
+            self._emit_finished()
         self._closed = True
         if self._sampler is not None:
             self._sampler.close()
@@ -381,11 +380,10 @@ class Tracker:
 
     def _start_task(self, spec: _task.gpu_task, activate: bool) -> TaskHandle:
         handle = TaskHandle(self, spec)
-        if self._ending:
-            self._finish_deferred_ends()
-        if _gcsafe.collecting and _gcsafe.in_collection():
+        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
             # Started by a finaliser (a generator's ``finally`` that the
-            # collector runs): counted, but no span, context or listener.
+            # collector runs, or that a reference dropped under the ledger
+            # lock runs): counted if it can be, no span, context or listener.
             self._start_in_collection(handle, spec)
             return handle
         try:
@@ -397,6 +395,8 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
             _unrecorded(handle)
+        if self._ledger.finished:
+            self._emit_finished()
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
@@ -407,32 +407,23 @@ class Tracker:
             _unrecorded(handle)  # waiting for the lock would wait for this very thread
             return
         try:
-            # No sampler wake (an Event takes a lock): the task's own exit read
-            # and the next ordinary event carry on from here.
-            self._ledger.begin(handle, spec.service)
+            first = self._ledger.begin(handle, spec.service)
+            sampler = self._sampler
+            if first and sampler is not None and sampler.parked and not self._closed:
+                sampler.wake_from_collection()  # its ticks finish the recorded end
         except Exception:  # noqa: BLE001 - no logging inside a collection
             _unrecorded(handle)
 
-    def _end_task(
-        self,
-        handle: TaskHandle,
-        exc: BaseException | None,
-        end: float | None = None,
-        end_ns: int | None = None,
-    ) -> None:
-        """End a task now, or (``end`` given) finish an end recorded by :meth:`_defer_end`."""
-        if end is None:
-            if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
-                self._defer_end(handle, exc)
-                return
-            if self._ending:
-                self._finish_deferred_ends()
-            try:
-                end = self.clock()
-            except Exception as fault:  # noqa: BLE001 - the task must end all the same
-                self._report_fault("clock", fault)
-                end = -math.inf  # the ledger moves it up to its newest known instant
+    def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
         ledger = self._ledger
+        if (_gcsafe.collecting and _gcsafe.in_collection()) or ledger.held_here():
+            self._defer_end(handle, exc)
+            return
+        try:
+            end = self.clock()
+        except Exception as fault:  # noqa: BLE001 - the task must end all the same
+            self._report_fault("clock", fault)
+            end = -math.inf  # the ledger moves it up to its newest known instant
         try:
             if (
                 not self._device_count
@@ -449,38 +440,47 @@ class Tracker:
             self._report_fault("task end", fault)
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
-        self._emitter.task_ended(handle, exc, end_ns)
+        self._emitter.task_ended(handle, exc)
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
+        if ledger.finished:
+            self._emit_finished()
 
     def _defer_end(self, handle: TaskHandle, exc: BaseException | None) -> None:
         """Record an end that cannot finish here, without a lock, a context change or a log.
 
         Here means inside a garbage collection, or on a thread that holds the
         ledger lock (a finaliser run by a reference dropped under it). The end
-        time is taken now; the next task event, ``stats()``, ``poll()``, the
-        sampler thread or ``close()`` finishes the end with it (see
-        :meth:`_finish_deferred_ends`): same figures, span end time, metrics
-        and listeners as an ordinary end.
+        time is taken now. The ledger applies it, in order, before any later
+        event (:attr:`Ledger.recorded`); the next task event, ``stats()``,
+        ``poll()`` (the sampler's ticks) or ``close()`` then emits it from a
+        safe place (:meth:`_emit_finished`): same figures, span end time,
+        metrics and listeners as an ordinary end, without the exit read.
         """
         try:
             end = self.clock()
         except Exception:  # noqa: BLE001 - no logging here; the ledger orders it
             end = -math.inf
         # deque.append is atomic and takes no lock.
-        self._ending.append((handle, exc, end, time.time_ns()))
+        self._ledger.recorded.append((handle, end, (exc, time.time_ns())))
 
-    def _finish_deferred_ends(self) -> None:
-        """Finish the ends :meth:`_defer_end` recorded, if this is a safe place to."""
-        ending = self._ending
+    def _emit_finished(self) -> None:
+        """Span, metrics and listeners of recorded ends the ledger has applied."""
         if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
             return
-        while ending:
+        finished = self._ledger.finished
+        while finished:
             try:
-                handle, exc, end, end_ns = ending.popleft()
+                record, payload = finished.popleft()
             except IndexError:  # pragma: no cover - another thread took the last one
                 return
-            self._end_task(handle, exc, end, end_ns)
+            handle = cast("TaskHandle", record)
+            exc, end_ns = cast("tuple[BaseException | None, int]", payload)
+            if exc is not None and isinstance(exc, Exception):
+                handle.error = exc
+            self._emitter.task_ended(handle, exc, end_ns)
+            if self._end_listeners:
+                self._notify(self._end_listeners, handle, "on_task_end")
 
     def _read_all(self) -> list[ReadOutcome]:
         """One read per device, outside the ledger lock; failures become outcomes."""
@@ -536,7 +536,6 @@ class Tracker:
         )
 
     def _after_fork_in_child(self) -> None:
-        self._ending.clear()  # the parent's tasks: the child starts at zero
         self._ledger.clear_after_fork()
         self._emitter._after_fork_in_child()
         if self._sampler is not None:

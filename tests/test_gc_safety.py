@@ -135,6 +135,7 @@ class TestCollectorUnderTheLedgerLock:
         drop_in_cycle(gen)
         del gen
         cclock.advance(0.5)
+        ctracker.poll()  # recorded ends make no exit read: the newest sample is known
         cclock.arm()  # the next begin collects the generator while it holds the lock
 
         def other_task() -> None:
@@ -164,6 +165,7 @@ class TestCollectorUnderTheLedgerLock:
         drop_in_cycle(gen)
         del gen
         cclock.advance(1 / 3)
+        ctracker.poll()  # recorded ends make no exit read: the newest sample is known
         cclock.arm()
         bounded(lambda: ctracker.reset("nobody"))  # reset reads the clock under the lock
         assert ctracker.stats("tokens").task_count == 1
@@ -179,6 +181,7 @@ class TestCollectorUnderTheLedgerLock:
         holder = [streaming(ctracker)]
         next(holder[0])
         cclock.advance(0.5)
+        ctracker.poll()  # recorded ends make no exit read: the newest sample is known
         cclock.arm(holder.clear)
         bounded(lambda: ctracker.reset("nobody"))
         assert not ended  # recorded, not finished: this thread holds the lock
@@ -499,6 +502,7 @@ class TestDeferredEnds:
         drop_in_cycle(gen)
         del gen
         clock.advance(0.5)
+        tracker.poll()  # recorded ends make no exit read: the newest sample is known
         before = time.time_ns()
         gc.collect()
         after = time.time_ns()
@@ -552,6 +556,34 @@ class TestDeferredEnds:
         tracker.close()
         meters.shutdown()
 
+    def test_an_end_recorded_before_a_reset_belongs_before_it(
+        self, clock: FakeClock, tracker: Tracker, gpu: SimulatedGpu
+    ):
+        gpu.set_utilization(100)
+        self.collected_at_half_a_second(tracker, clock)  # ended at 0.5 s, recorded only
+        zeroed = tracker._ledger.reset("tokens")  # at 2.0 s
+        assert zeroed["tokens"].task_count == 1  # the snapshot the reset zeroed has it
+        after = tracker.stats("tokens")
+        assert (after.task_count, after.active_tasks, after.gpu_ms) == (0, 0, 0.0)
+
+    def test_an_event_on_another_thread_never_moves_a_recorded_end(
+        self, clock: FakeClock, tracker: Tracker, gpu: SimulatedGpu
+    ):
+        # Whichever thread comes first applies the recorded end before its own
+        # event, under the ledger lock: the end stays where it was recorded.
+        gpu.set_utilization(100)
+        ended: list[TaskHandle] = []
+        tracker.on_task_end(ended.append)
+        self.collected_at_half_a_second(tracker, clock)
+
+        def other() -> None:
+            with tracker.gpu_task("other"):
+                clock.advance(0.1)
+
+        bounded(other)
+        (task,) = [h for h in ended if h.service == "tokens"]
+        assert (task.end_time, task.gpu_ms) == (0.5, pytest.approx(500.0))
+
     def test_the_sampler_thread_finishes_them(self):
         gpu = SimulatedGpu(sample_period=0.02)
         gpu.set_utilization(100)
@@ -567,15 +599,63 @@ class TestDeferredEnds:
             assert ended.wait(WAIT_S)
             assert tracker._ledger.active_tasks == 0
 
+    def test_a_parked_sampler_is_woken_by_a_task_started_in_a_collection(self):
+        gpu = SimulatedGpu(sample_period=0.02)
+        gpu.set_utilization(100)
+        ended = threading.Event()
+        with Tracker(backend=gpu, interval=0.01) as tracker:
+            sampler = tracker._sampler
+            assert sampler is not None
+            with tracker.gpu_task("warm"):
+                pass
+            deadline = time.monotonic() + WAIT_S
+            while not sampler.parked and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert sampler.parked
+            tracker.on_task_end(lambda handle: ended.set() if handle.service == "cleanup" else None)
+
+            def stream() -> Iterator[int]:
+                try:
+                    yield 1
+                finally:
+                    with tracker.gpu_task("cleanup"):  # starts and ends in the collection
+                        pass
+
+            gen = stream()
+            next(gen)
+            drop_in_cycle(gen)
+            del gen
+            gc.collect()
+            assert ended.wait(WAIT_S)  # the sampler's tick finished it
+            assert tracker._ledger.active_tasks == 0
+
+    def test_a_dropped_tracker_collected_under_its_samplers_lock(self):
+        # The tracker's finaliser stops its sampler from inside the collection,
+        # on a thread that holds the sampler's wake-up lock: it must not wait.
+        tracker = Tracker(backend=SimulatedGpu(), interval=0.01)
+        with tracker.gpu_task("warm"):
+            pass
+        sampler = tracker._sampler
+        assert sampler is not None
+        lock = sampler._wake._cond
+        del tracker
+
+        def collect_holding_the_lock() -> None:
+            with lock:
+                gc.collect()
+
+        bounded(collect_holding_the_lock)
+        assert sampler._stopped
+
     def test_a_forked_child_drops_the_parents_recorded_ends(self, tracker: Tracker):
         gen = streaming(tracker)
         next(gen)
         drop_in_cycle(gen)
         del gen
         gc.collect()
-        assert tracker._ending
+        assert tracker._ledger.recorded
         tracker._after_fork_in_child()  # what the fork hook runs in the child
-        assert not tracker._ending
+        assert not tracker._ledger.recorded
         assert tracker.stats() == {}
 
 
@@ -621,6 +701,57 @@ class TestSpansLeftInOtherContexts:
         finally:
             otel_context.detach(token)
         tracker.close()
+
+    def test_a_decorated_generator_body_keeping_a_span_across_its_yield(
+        self, gpu: SimulatedGpu, sdk_spans: Any
+    ):
+        # The body's own span is the body's: the consumer gets back the context
+        # it resumed the generator in, while it is suspended and after it ends.
+        provider, _ = sdk_spans
+        tracker = Tracker(backend=gpu, threaded=False, tracer_provider=provider)
+        tracer = provider.get_tracer("app")
+
+        @tracker.gpu_task("tts")
+        def stream() -> Iterator[int]:
+            with tracer.start_as_current_span("synthesize"):
+                yield 1
+                yield 2
+
+        def consume() -> tuple[object, object]:
+            gen = stream()
+            next(gen)
+            between = otel_trace.get_current_span()
+            for _ in gen:
+                pass
+            return between, otel_trace.get_current_span()
+
+        between, after = contextvars.copy_context().run(consume)
+        assert between is otel_trace.INVALID_SPAN
+        assert after is otel_trace.INVALID_SPAN
+        tracker.close()
+
+    def test_a_task_started_by_a_finaliser_under_the_lock_does_not_reenter_it(
+        self, ctracker: Tracker, cclock: CollectingClock
+    ):
+        # Not the collector: a reference dropped under the ledger lock runs a
+        # generator's finally, which starts a task.
+        begun: list[bool] = []
+        ledger = ctracker._ledger
+        ctracker.on_task_start(lambda handle: begun.append(ledger.held_here()))
+
+        def stream() -> Iterator[int]:
+            try:
+                yield 1
+            finally:
+                with ctracker.gpu_task("cleanup"):
+                    pass
+
+        holder = [stream()]
+        next(holder[0])
+        cclock.arm(holder.clear)
+        bounded(lambda: ctracker.reset("nobody"))
+        assert begun == []  # no listener ran under the lock
+        assert ctracker.stats("cleanup").active_tasks == 0
 
     def test_a_later_span_is_not_dropped(self, gpu: SimulatedGpu, sdk_spans: Any):
         provider, _ = sdk_spans
