@@ -438,13 +438,13 @@ class Tracker:
             ledger.end(handle, end, reads)
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task end", fault)
+        if ledger.finished:
+            self._emit_finished()  # ends recorded earlier come first
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
         self._emitter.task_ended(handle, exc)
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
-        if ledger.finished:
-            self._emit_finished()
 
     def _defer_end(self, handle: TaskHandle, exc: BaseException | None) -> None:
         """Record an end that cannot finish here, without a lock, a context change or a log.
