@@ -337,11 +337,13 @@ class Ledger:
         # channels' horizons and pending marks, the marks' values. No backend
         # call and no user callback ever runs while it is held.
         #
-        # An RLock only so that :attr:`held_here` can ask who holds it (it
-        # costs what a Lock does): it is never entered twice. A finaliser that
-        # runs while this thread holds it (the last reference to a generator
-        # dropped under the lock, or the collector running here) must not wait
-        # for it, and must not enter a half-updated ledger either.
+        # An RLock so that :attr:`held_here` can ask who holds it (it costs
+        # what a Lock does). Nothing outside the ledger enters it twice: a
+        # finaliser that runs while this thread holds it (the last reference
+        # to a generator dropped under the lock, or the collector running
+        # here) must neither wait for it nor enter a half-updated ledger, so
+        # the tracker checks first. The ledger itself re-enters it once, to
+        # apply recorded ends through end() between two operations.
         self._new_lock()
         # Immutable after construction.
         self._clock = clock
@@ -364,6 +366,8 @@ class Ledger:
         self._jitter = sample_jitter
         #: Bumped in a forked child: records of an older generation are inherited.
         self.generation = 0
+        # True while _apply_recorded runs end() for recorded ends.
+        self._applying = False
         self._new_state()
 
     def _new_state(self) -> None:
@@ -396,8 +400,12 @@ class Ledger:
         #: without a lock, applied in order under the lock before any later
         #: event (see _apply_recorded), then moved to ``finished`` as
         #: ``(record, payload)`` for the tracker to emit from a safe place.
-        self.recorded: deque[tuple[TaskRecord, float, object]] = deque()
-        self.finished: deque[tuple[TaskRecord, object]] = deque()
+        if hasattr(self, "recorded"):  # a forked child: the parent's ends are not its own
+            self.recorded.clear()
+            self.finished.clear()
+        else:
+            self.recorded: deque[tuple[TaskRecord, float, object]] = deque()
+            self.finished: deque[tuple[TaskRecord, object]] = deque()
         #: The oldest and newest of the channels' horizons (see _update_horizons).
         self._min_horizon = -math.inf if self._channels else math.inf
         self._max_horizon = -math.inf
@@ -471,9 +479,65 @@ class Ledger:
                 :attr:`fresh_until`).
         """
         with self._lock:
-            if self.recorded:
+            if self.recorded and not self._applying:
                 self._apply_recorded()
-            return self._end_locked(record, end, reads)
+            if record.end_time is not None:
+                return False  # ended twice
+            if record._generation != self.generation:
+                # Begun before a fork: the child starts empty, and this process
+                # has no figures for the part of the task it saw.
+                record.end_time = end
+                record._final = (0.0, 0.0, None, "partial", 0.0)
+                return False
+            service = record._svc
+            service.task_count += 1
+            service.active -= 1
+            self._active_tasks -= 1
+            last = not self._active_tasks
+            if not self._device_count:
+                record.end_time = end if end > record.start_time else record.start_time
+                record._final = _UNAVAILABLE
+                return last
+            # Keep time in order: a begin, an end or a sample that another
+            # thread applied between our clock read and this lock moves the end
+            # up to it (by the exit read's latency at most), so windows, frozen
+            # task figures and credited samples all see one order of events.
+            latest = self._latest_event
+            if self._max_horizon > latest:  # noqa: PLR1730 - no max() on every task exit
+                latest = self._max_horizon
+            if end < latest:  # noqa: PLR1730 - as above
+                end = latest
+            self._latest_event = end
+            record.end_time = end
+            # Close the window before ingesting the exit reads, so that a sample
+            # reaching past the end credits the service only up to the end.
+            if not service.active:
+                self._active_services.remove(service)
+                service.set_rate(end, 0.0)
+                service.last_close = end
+                if self._split:
+                    self._split_rates(end)
+            end_mark = None
+            if reads is not None:
+                end_mark = _Mark()
+                end_mark._svc = service
+                for channel in self._channels:
+                    channel.pending.append((end, end_mark))
+                self._ingest(reads)
+                end_mark._done = True
+            record._final = self._task_figures(record, end, end_mark, reads)
+            record._done = True
+            if last:
+                self._last_close = end
+                self._settle_deadline = end + self._period
+            for channel in self._channels:
+                pending = channel.pending
+                if pending and pending[-1][1] is record:
+                    pending.pop()  # the common sequential case; others go at the next tidy-up
+            self._ends_since_forget += 1
+            if self._ends_since_forget >= _FORGET_EVERY:
+                self._forget()
+            return last
 
     def apply_recorded(self) -> None:
         """Apply the task ends recorded so far (see :attr:`recorded`)."""
@@ -483,74 +547,18 @@ class Ledger:
 
     def _apply_recorded(self) -> None:
         # Only lock holders pop, so ends are applied once each and in order; a
-        # finaliser may append meanwhile (the loop takes it too).
+        # finaliser may append meanwhile (the loop takes it too). Each is
+        # applied by end() itself: the one place the lock is entered twice, by
+        # the ledger, between two operations (never with a half-updated state).
         recorded = self.recorded
-        while recorded:
-            record, end, payload = recorded.popleft()
-            self._end_locked(record, end, None)  # no exit read: it could not be made
-            self.finished.append((record, payload))
-
-    def _end_locked(
-        self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None
-    ) -> bool:
-        """Close ``record``; the lock is held (see :meth:`end`)."""
-        if record.end_time is not None:
-            return False  # ended twice
-        if record._generation != self.generation:
-            # Begun before a fork: the child starts empty, and this process
-            # has no figures for the part of the task it saw.
-            record.end_time = end
-            record._final = (0.0, 0.0, None, "partial", 0.0)
-            return False
-        service = record._svc
-        service.task_count += 1
-        service.active -= 1
-        self._active_tasks -= 1
-        last = not self._active_tasks
-        if not self._device_count:
-            record.end_time = end if end > record.start_time else record.start_time
-            record._final = _UNAVAILABLE
-            return last
-        # Keep time in order: a begin, an end or a sample that another
-        # thread applied between our clock read and this lock moves the end
-        # up to it (by the exit read's latency at most), so windows, frozen
-        # task figures and credited samples all see one order of events.
-        latest = self._latest_event
-        if self._max_horizon > latest:  # noqa: PLR1730 - no max() on every task exit
-            latest = self._max_horizon
-        if end < latest:  # noqa: PLR1730 - as above
-            end = latest
-        self._latest_event = end
-        record.end_time = end
-        # Close the window before ingesting the exit reads, so that a sample
-        # reaching past the end credits the service only up to the end.
-        if not service.active:
-            self._active_services.remove(service)
-            service.set_rate(end, 0.0)
-            service.last_close = end
-            if self._split:
-                self._split_rates(end)
-        end_mark = None
-        if reads is not None:
-            end_mark = _Mark()
-            end_mark._svc = service
-            for channel in self._channels:
-                channel.pending.append((end, end_mark))
-            self._ingest(reads)
-            end_mark._done = True
-        record._final = self._task_figures(record, end, end_mark, reads)
-        record._done = True
-        if last:
-            self._last_close = end
-            self._settle_deadline = end + self._period
-        for channel in self._channels:
-            pending = channel.pending
-            if pending and pending[-1][1] is record:
-                pending.pop()  # the common sequential case; others go at the next tidy-up
-        self._ends_since_forget += 1
-        if self._ends_since_forget >= _FORGET_EVERY:
-            self._forget()
-        return last
+        self._applying = True
+        try:
+            while recorded:
+                record, end, payload = recorded.popleft()
+                self.end(record, end, None)  # no exit read: it could not be made
+                self.finished.append((record, payload))
+        finally:
+            self._applying = False
 
     def _add_service(self, name: str) -> _Service:
         service = self._services[name] = _Service(name, len(self._channels))

@@ -239,6 +239,9 @@ class Tracker:
             threshold=threshold,
             clock=clock,
         )
+        # The ledger's queues of recorded ends (the same objects for its life).
+        self._recorded = self._ledger.recorded
+        self._finished = self._ledger.finished
         self._start_listeners: tuple[Listener, ...] = ()
         self._end_listeners: tuple[Listener, ...] = ()
         self._faults_logged: set[tuple[str, type[BaseException]]] = set()
@@ -304,7 +307,7 @@ class Tracker:
         if service is not None:
             _check_service(service)
         stats = self._ledger.stats(service)  # applies recorded ends first
-        if self._ledger.finished:
+        if self._finished:
             self._emit_finished()
         return stats if service is None else stats[service]
 
@@ -320,9 +323,9 @@ class Tracker:
         Reads nothing when no task runs and every window is settled (rule 1).
         """
         ledger = self._ledger
-        if ledger.recorded:
+        if self._recorded:
             ledger.apply_recorded()
-        if ledger.finished:
+        if self._finished:
             self._emit_finished()
         if self._closed or not self._device_count or not ledger.wants_reading():
             return
@@ -349,7 +352,7 @@ class Tracker:
         if self._closed:
             return
         self._ledger.apply_recorded()
-        if self._ledger.finished:
+        if self._finished:
             self._emit_finished()
         self._closed = True
         if self._sampler is not None:
@@ -395,7 +398,7 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
             _unrecorded(handle)
-        if self._ledger.finished:
+        if self._finished:
             self._emit_finished()
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
@@ -438,7 +441,7 @@ class Tracker:
             ledger.end(handle, end, reads)
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task end", fault)
-        if ledger.finished:
+        if self._finished:
             self._emit_finished()  # ends recorded earlier come first
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
@@ -462,13 +465,13 @@ class Tracker:
         except Exception:  # noqa: BLE001 - no logging here; the ledger orders it
             end = -math.inf
         # deque.append is atomic and takes no lock.
-        self._ledger.recorded.append((handle, end, (exc, time.time_ns())))
+        self._recorded.append((handle, end, (exc, time.time_ns())))
 
     def _emit_finished(self) -> None:
         """Span, metrics and listeners of recorded ends the ledger has applied."""
         if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
             return
-        finished = self._ledger.finished
+        finished = self._finished
         while finished:
             try:
                 record, payload = finished.popleft()
