@@ -19,6 +19,7 @@ per collection, whichever thread collects.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 _get_ident = threading.get_ident
@@ -40,5 +41,14 @@ def in_collection() -> bool:
     return thread != 0 and thread == _get_ident()
 
 
+def _forget_in_child() -> None:
+    # A fork taken while another thread was collecting: that collection does
+    # not go on in the child.
+    global collecting
+    collecting = 0
+
+
 if _on_collection not in gc.callbacks:  # pragma: no branch - once per process
     gc.callbacks.append(_on_collection)
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_in_child)

@@ -769,3 +769,14 @@ class TestSpansLeftInOtherContexts:
         # In a copy: the with block across a yield leaves this context changed.
         assert contextvars.copy_context().run(body)
         tracker.close()
+
+
+def test_a_forked_child_is_not_inside_its_parents_collection():
+    from gputime import _gcsafe
+
+    _gcsafe.collecting = threading.get_ident()  # as if forked during a collection
+    try:
+        _gcsafe._forget_in_child()
+        assert not _gcsafe.in_collection()
+    finally:
+        _gcsafe.collecting = 0
