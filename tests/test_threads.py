@@ -405,3 +405,28 @@ def test_interpreter_exits_with_a_task_still_running():
     assert result.returncode == 0, result.stderr
     assert "exiting" in result.stdout
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("hold_s", [0.001, 0.2], ids=["yields", "then-blocks"])
+def test_a_contended_ledger_lock_is_taken_once_the_holder_lets_go(hold_s: float):
+    from gputime._ledger import _acquire_contended
+
+    lock = threading.RLock()
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(WAIT_S)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert held.wait(WAIT_S)
+    threading.Timer(hold_s, release.set).start()
+    _acquire_contended(lock)  # yields the GIL, then blocks, until the holder lets go
+    try:
+        assert release.is_set()
+        assert lock._is_owned()  # type: ignore[attr-defined]
+    finally:
+        lock.release()
+    thread.join(WAIT_S)
