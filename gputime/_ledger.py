@@ -435,7 +435,7 @@ class Ledger:
         The hot path: one lock acquisition, no allocation but a new service's.
         """
         lock = self._lock
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(False):  # positional: cheaper than blocking=False
             _acquire_contended(lock)
         try:
             if self.recorded:
@@ -485,7 +485,7 @@ class Ledger:
                 :attr:`fresh_until`).
         """
         lock = self._lock
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(False):  # positional: cheaper than blocking=False
             _acquire_contended(lock)
         try:
             if self.recorded:
