@@ -96,6 +96,15 @@ def drop_in_cycle(obj: object) -> None:
     box.append(box)
 
 
+def abandon_in_cycle(gen: Iterator[Any]) -> None:
+    """Step ``gen`` once, then leave it only inside a reference cycle, suspended.
+
+    Pass the generator straight from its call, so no other reference remains.
+    """
+    next(gen)
+    drop_in_cycle(gen)
+
+
 def streaming(tracker: Tracker, service: str = "stream") -> Iterator[int]:
     with tracker.gpu_task(service):
         yield 1
@@ -130,10 +139,7 @@ class TestCollectorUnderTheLedgerLock:
     def test_a_with_block_in_a_collected_generator_ends_without_deadlock(
         self, ctracker: Tracker, cclock: CollectingClock, ended: list[TaskHandle]
     ):
-        gen = streaming(ctracker)
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(streaming(ctracker))
         cclock.advance(0.5)
         ctracker.poll()  # recorded ends make no exit read: the newest sample is known
         cclock.arm()  # the next begin collects the generator while it holds the lock
@@ -160,10 +166,7 @@ class TestCollectorUnderTheLedgerLock:
             yield 1
             yield 2
 
-        gen = tokens()
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(tokens())
         cclock.advance(1 / 3)
         ctracker.poll()  # recorded ends make no exit read: the newest sample is known
         cclock.arm()
@@ -201,10 +204,7 @@ class TestCollectorUnderTheLedgerLock:
             finally:
                 cleanup()
 
-        gen = stream()
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(stream())
         cclock.arm()
         bounded(lambda: ctracker.reset("nobody"))
         # It could not be opened (this thread held the lock): figures partial, no count.
@@ -225,10 +225,7 @@ class TestCollectorUnderTheLedgerLock:
             finally:
                 cleanup()  # starts while the stream's end waits to be finished
 
-        gen = stream()
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(stream())
         bounded(gc.collect)
         assert not ended
         assert ctracker.stats("cleanup").task_count == 1
@@ -286,10 +283,7 @@ class TestCollectorWhileMetricsAreCollected:
             with Tracker(backend=cgpu, threaded=False, meter_provider=provider) as tracker:
                 rng = random.Random(7)
                 for _ in range(rounds):
-                    gen = streaming(tracker)
-                    next(gen)
-                    drop_in_cycle(gen)
-                    del gen
+                    abandon_in_cycle(streaming(tracker))
                     gc.set_threshold(rng.randint(1, 40))
                     gc.enable()
                     try:
@@ -349,10 +343,7 @@ class TestCollectorWhileAnSdkHoldsItsLock:
         inner = MeterProvider(metric_readers=[reader])
         provider = _LockedMeterProvider(inner, sdk_lock)
         tracker = Tracker(backend=cgpu, threaded=False, meter_provider=provider)  # type: ignore[arg-type]
-        gen = streaming(tracker)
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(streaming(tracker))
 
         def collect_while_the_sdk_holds_its_lock() -> None:
             with sdk_lock:
@@ -417,10 +408,7 @@ class TestNoContextChangeInsideACollection:
     def test_with_block_in_a_generator(self, gpu: SimulatedGpu, sdk_spans: Any):
         provider, exporter = sdk_spans
         tracker = Tracker(backend=gpu, threaded=False, tracer_provider=provider)
-        gen = streaming(tracker)
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(streaming(tracker))
         with ContextVarWatch() as watch:
             gc.collect()
         assert watch.calls == []
@@ -439,10 +427,7 @@ class TestNoContextChangeInsideACollection:
             yield 1
             yield 2
 
-        gen = tokens()
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(tokens())
         with ContextVarWatch() as watch:
             gc.collect()
         assert watch.calls == []
@@ -497,10 +482,7 @@ class TestDeferredEnds:
             yield 1
             yield 2
 
-        gen = tokens()
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(tokens())
         clock.advance(0.5)
         tracker.poll()  # recorded ends make no exit read: the newest sample is known
         before = time.time_ns()
@@ -590,10 +572,7 @@ class TestDeferredEnds:
         ended = threading.Event()
         with Tracker(backend=gpu, interval=0.01) as tracker:
             tracker.on_task_end(lambda handle: ended.set())
-            gen = streaming(tracker)
-            next(gen)
-            drop_in_cycle(gen)
-            del gen
+            abandon_in_cycle(streaming(tracker))
             gc.collect()
             # Nothing else happens on this thread: the sampler's next tick finishes it.
             assert ended.wait(WAIT_S)
@@ -621,10 +600,7 @@ class TestDeferredEnds:
                     with tracker.gpu_task("cleanup"):  # starts and ends in the collection
                         pass
 
-            gen = stream()
-            next(gen)
-            drop_in_cycle(gen)
-            del gen
+            abandon_in_cycle(stream())
             gc.collect()
             assert ended.wait(WAIT_S)  # the sampler's tick finished it
             assert tracker._ledger.active_tasks == 0
@@ -648,10 +624,7 @@ class TestDeferredEnds:
         assert sampler._stopped
 
     def test_a_forked_child_drops_the_parents_recorded_ends(self, tracker: Tracker):
-        gen = streaming(tracker)
-        next(gen)
-        drop_in_cycle(gen)
-        del gen
+        abandon_in_cycle(streaming(tracker))
         gc.collect()
         assert tracker._ledger.recorded
         tracker._after_fork_in_child()  # what the fork hook runs in the child
