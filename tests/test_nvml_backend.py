@@ -900,6 +900,21 @@ class TestProcessAttribution:
         assert reading.source == "process-utilization"
         assert values(reading) == [25.0, 25.0]
 
+    def test_bindings_without_the_newer_call_fall_back_to_the_older(
+        self, nvml: FakeNvml, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ):
+        # nvidia-ml-py releases older than the driver's call lack the binding
+        # itself (the declared floor, 12.535, has no ProcessesUtilizationInfo).
+        import pynvml
+
+        monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo")
+        session = open_session(nvml, clock, attribution="process")
+        nvml.set_process_utilization(os.getpid(), 25)
+        clock.advance(2 * P)
+        reading = session.read(0, START)
+        assert reading.source == "process-utilization"
+        assert values(reading) == [25.0, 25.0]
+
     def test_switches_to_the_older_call_when_the_newer_stops_working(
         self, nvml: FakeNvml, clock: FakeClock
     ):

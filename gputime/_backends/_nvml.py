@@ -872,13 +872,18 @@ class _NvmlSession:
             NvmlError: Any other failure, including the routine NOT_FOUND and
                 NOT_SUPPORTED, which callers handle by ``code``.
         """
+        function = getattr(self._nv, name, None)
+        if function is None:
+            # Older nvidia-ml-py releases lack newer bindings: that is a driver
+            # without the function, and callers fall back as they do for one.
+            raise NvmlError(name, _FUNCTION_NOT_FOUND, dev.info.id)
         for attempt in (0, 1):
             if dev.dead is not None:
                 # A fresh exception each time: re-raising one object grows its traceback.
                 raise NvmlDeviceLostError(dev.dead.call, dev.dead.code, dev.dead.device)
             seen = _RUNTIME.generation
             try:
-                return getattr(self._nv, name)(dev.handle, *args)
+                return function(dev.handle, *args)
             except Exception as exc:
                 code = _code_of(exc)
                 if code == _UNINITIALIZED and attempt == 0:
