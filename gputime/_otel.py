@@ -200,7 +200,6 @@ class Emitter:
         "__weakref__",
         "_carry",
         "_device_ids",
-        "_histogram",
         "_meter_provider",
         "_metric_set",
         "_metrics_pending",
@@ -208,6 +207,7 @@ class Emitter:
         "_tracer_pending",
         "_tracer_provider",
         "_tracker",
+        "histogram",
     )
 
     def __init__(
@@ -226,7 +226,7 @@ class Emitter:
         self._carry: dict[str, list[list[float]]] = {}
         self._tracer: Tracer | None = None
         self._tracer_pending = False
-        self._histogram: Histogram | None = None
+        self.histogram: Histogram | None = None
         self._metric_set: _MetricSet | None = None
         self._metrics_pending = False
         try:
@@ -237,7 +237,7 @@ class Emitter:
         try:
             self._init_metrics()
         except Exception as exc:  # noqa: BLE001 - idem
-            self._histogram, self._metrics_pending = None, False
+            self.histogram, self._metrics_pending = None, False
             tracker._report_fault("otel.meter", exc)
 
     # -- set-up --------------------------------------------------------------------------
@@ -298,12 +298,12 @@ class Emitter:
         metric_set.join(self)
         self._metric_set = metric_set
         if not is_global:
-            self._histogram = metric_set.histogram
+            self.histogram = metric_set.histogram
         elif global_provider is None:
             self._metrics_pending = True
         else:
             # The set may have been made on the proxy meter before the SDK came.
-            self._histogram = metric_set.use_real_meter(global_provider)
+            self.histogram = metric_set.use_real_meter(global_provider)
 
     def _resolve_global_histogram(self) -> Histogram | None:
         """The first task end after the global meter provider was set."""
@@ -315,10 +315,10 @@ class Emitter:
                 self._metrics_pending = True
                 return None
             assert metric_set is not None  # pending only once the set was made
-            self._histogram = metric_set.use_real_meter(provider)
+            self.histogram = metric_set.use_real_meter(provider)
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.meter", exc)
-        return self._histogram
+        return self.histogram
 
     # -- the task path ---------------------------------------------------------------------
 
@@ -335,6 +335,15 @@ class Emitter:
                 unset = False
             if not unset:
                 tracer = self._resolve_global_tracer()
+        if self.histogram is None and self._metrics_pending:
+            # Looked for at the start, so that a task end with no span and no
+            # histogram need not call in at all (see Tracker._end_task).
+            try:
+                unset = _metrics_internal._METER_PROVIDER is None
+            except AttributeError:  # pragma: no cover - a future API without the global
+                unset = False
+            if not unset:
+                self._resolve_global_histogram()
         if not handle._spec.span:  # the slot, not the property: every task pays this
             self._borrow_current_span(handle)
             return
@@ -373,18 +382,9 @@ class Emitter:
         if state is not None:
             handle._otel = None
             self._finish_span(handle, cast("_SpanState", state), exc, end_ns)
-        histogram = self._histogram
+        histogram = self.histogram
         if histogram is None:
-            if not self._metrics_pending:
-                return
-            try:
-                if _metrics_internal._METER_PROVIDER is None:
-                    return  # still no SDK (inline for the same reason as above)
-            except AttributeError:  # pragma: no cover - a future API without the global
-                pass
-            histogram = self._resolve_global_histogram()
-            if histogram is None:
-                return
+            return  # no SDK records durations (looked for at the task's start)
         try:
             metric_set = self._metric_set
             assert metric_set is not None  # the histogram comes from it

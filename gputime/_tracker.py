@@ -445,7 +445,9 @@ class Tracker:
             self._emit_finished()  # ends recorded earlier come first
         if exc is not None and isinstance(exc, Exception):
             handle.error = exc
-        self._emitter.task_ended(handle, exc)
+        emitter = self._emitter
+        if handle._otel is not None or emitter.histogram is not None:
+            emitter.task_ended(handle, exc)  # a span to end, or a duration to record
         if self._end_listeners:
             self._notify(self._end_listeners, handle, "on_task_end")
 

@@ -571,7 +571,7 @@ class TestNobodyListens:
         ) as tracker:
             emitter = tracker._emitter
             assert emitter._tracer is None
-            assert emitter._histogram is None
+            assert emitter.histogram is None
             before = otel_context.get_current()
             with tracker.gpu_task("nmt") as task:
                 assert task._otel is None
@@ -585,7 +585,7 @@ class TestNobodyListens:
             with tracker.gpu_task("nmt") as task:
                 assert task._otel is None
             assert emitter._tracer is None
-            assert emitter._histogram is None
+            assert emitter.histogram is None
             otel_trace.set_tracer_provider(sdk.tracer_provider)
             otel_metrics.set_meter_provider(sdk.meter_provider)  # type: ignore[arg-type]
             with tracker.gpu_task("nmt"):
@@ -617,7 +617,7 @@ class TestNobodyListens:
         with Tracker(backend=gpu, threaded=False) as tracker, tracker.gpu_task("nmt") as task:
             assert task._otel is None
         assert tracker._emitter._tracer is None
-        assert tracker._emitter._histogram is None
+        assert tracker._emitter.histogram is None
 
     def test_sdk_set_later_to_a_no_op(self, fresh_globals: None, gpu: SimulatedGpu):
         with Tracker(backend=gpu, threaded=False) as tracker:
@@ -951,7 +951,7 @@ class TestSharedProvider:
         proxy = otel_metrics.get_meter_provider()
         with Tracker(backend=gpu, threaded=False, meter_provider=proxy) as tracker:
             assert tracker._emitter._metrics_pending
-            assert tracker._emitter._histogram is None
+            assert tracker._emitter.histogram is None
 
 
 class TestCardinality:
@@ -1054,7 +1054,7 @@ class TestFaults:
         assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN  # still detached
 
     def test_a_failing_histogram(self, traced: Tracker, caplog: pytest.LogCaptureFixture):
-        traced._emitter._histogram = Broken()  # type: ignore[assignment]
+        traced._emitter.histogram = Broken()  # type: ignore[assignment]
         with caplog.at_level(logging.WARNING, logger="gputime"), traced.gpu_task("nmt"):
             pass
         assert "otel.metric failed" in caplog.text
