@@ -891,23 +891,18 @@ class TestProcessAttribution:
         assert values(reading) == [0.0, 60.0]
         assert ends(reading) == pytest.approx([START + 1, START + 1 + P], abs=1e-6)
 
-    def test_falls_back_to_the_older_call(self, nvml: FakeNvml, clock: FakeClock):
-        nvml.remove_function("nvmlDeviceGetProcessesUtilizationInfo")
-        session = open_session(nvml, clock, attribution="process")
-        nvml.set_process_utilization(os.getpid(), 25)
-        clock.advance(2 * P)
-        reading = session.read(0, START)
-        assert reading.source == "process-utilization"
-        assert values(reading) == [25.0, 25.0]
-
-    def test_bindings_without_the_newer_call_fall_back_to_the_older(
-        self, nvml: FakeNvml, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("missing", ["driver", "bindings"])
+    def test_falls_back_to_the_older_call(
+        self, nvml: FakeNvml, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, missing: str
     ):
-        # nvidia-ml-py releases older than the driver's call lack the binding
-        # itself (the declared floor, 12.535, has no ProcessesUtilizationInfo).
-        import pynvml
+        if missing == "driver":
+            nvml.remove_function("nvmlDeviceGetProcessesUtilizationInfo")
+        else:
+            # nvidia-ml-py releases older than the call lack the binding itself
+            # (the declared floor, 12.535, has no ProcessesUtilizationInfo).
+            import pynvml
 
-        monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo")
+            monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo")
         session = open_session(nvml, clock, attribution="process")
         nvml.set_process_utilization(os.getpid(), 25)
         clock.advance(2 * P)
