@@ -4,26 +4,54 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, overload
 
+from gputime._backends import Attribution, Backend, Clock, DeviceSelector
 from gputime._ledger import ServiceStats
 from gputime._tracker import Tracker
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 _lock = threading.Lock()
 _default: Tracker | None = None
 
 
-def configure(**tracker_kwargs: Any) -> Tracker:
+def configure(
+    backend: str | Backend = "auto",
+    *,
+    interval: float = 0.5,
+    threshold: float = 0.0,
+    attribution: Attribution = "device",
+    devices: Sequence[DeviceSelector] | None = None,
+    clock: Clock | None = None,
+    threaded: bool = True,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Tracker:
     """Replace the process-wide default tracker, closing the old one.
 
-    Takes the keyword arguments of :class:`~gputime.Tracker`. Tasks already
-    running finish on the tracker they started on.
+    Takes the arguments of :class:`~gputime.Tracker`, spelled out so that a
+    type checker catches a misspelt one. Tasks already running finish on the
+    tracker they started on.
 
     Returns:
         The new default tracker.
     """
     global _default
-    tracker = Tracker(**tracker_kwargs)
+    tracker = Tracker(
+        backend,
+        interval=interval,
+        threshold=threshold,
+        attribution=attribution,
+        devices=devices,
+        clock=clock,
+        threaded=threaded,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
     with _lock:
         old, _default = _default, tracker
     if old is not None:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from gputime import _gcsafe
@@ -284,11 +284,18 @@ class Tracker:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def gpu_task(self, service: str, **kwargs: Any) -> _task.gpu_task:
-        """``gpu_task(service, tracker=self, **kwargs)``."""
+    def gpu_task(
+        self,
+        service: str,
+        *,
+        name: str | None = None,
+        span: bool = True,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> _task.gpu_task:
+        """``gpu_task(service, name=..., span=..., attributes=..., tracker=self)``."""
         from gputime._task import gpu_task  # noqa: PLC0415 - _task imports this module
 
-        return gpu_task(service, tracker=self, **kwargs)
+        return gpu_task(service, name=name, span=span, attributes=attributes, tracker=self)
 
     @overload
     def stats(self) -> dict[str, ServiceStats]: ...

@@ -85,3 +85,10 @@ async def acheck() -> None:
         assert_type(task, TaskHandle)
     gen: AsyncGenerator[int, None] | AsyncIterator[int] = astream(1)
     del gen
+
+
+def misspelt_arguments_are_type_errors() -> None:
+    # Spelled-out keywords: a misspelt one fails type checking, not only at run time.
+    gputime.configure(intervall=0.5)  # type: ignore[call-arg]
+    Tracker(backend="none").gpu_task("nmt", nmae="x")  # type: ignore[call-arg]
+    assert_type(Tracker(backend="none").gpu_task("nmt", name="x", span=False), gpu_task)
