@@ -168,8 +168,8 @@ class _Channel:
         #: What the next read asks from; kept current under the lock so that
         #: the read path can use it without taking the lock.
         self.since = -math.inf
-        #: The newest read of this device failed: nothing is known past the
-        #: horizon, and figures count that stretch as not read (coverage).
+        #: The newest read of this (utilisation) channel failed: nothing is
+        #: known past the horizon, and figures count that stretch as not read.
         self.failing = False
         #: A read found no sample although one was overdue (the driver is not
         #: sampling: an idle GPU): task exits ask again only from here on.
@@ -809,15 +809,14 @@ class Ledger:
 
     def _ingest(self, reads: Sequence[ReadOutcome]) -> None:
         for device, outcome in enumerate(reads):
+            util = self._util[device]
             if isinstance(outcome, BaseException):
-                self._read_failed(self._util[device])
+                util.failing = True
+                self._read_failed(util)
                 if self._power:
                     self._read_failed(self._power[device])
                 continue
-            util = self._util[device]
             util.failing = False
-            if self._power:
-                self._power[device].failing = False
             newest = util.last_end
             if outcome.utilization:
                 self._ingest_channel(util, outcome.utilization)
@@ -834,7 +833,6 @@ class Ledger:
         # service whose windows this device already covered needed nothing.
         # A failure before the last reset is not the new figures' business.
         self._fail_epoch += 1
-        channel.failing = True
         unread_from = channel.horizon + _EPS
         for service in self._tracking:
             if service.active or service.last_close > max(unread_from, service.reset_at):

@@ -306,7 +306,7 @@ class Emitter:
             self.histogram = metric_set.use_real_meter(global_provider)
 
     def _resolve_global_histogram(self) -> Histogram | None:
-        """The first task end after the global meter provider was set."""
+        """The first task start after the global meter provider was set."""
         self._metrics_pending = False
         metric_set = self._metric_set
         try:
@@ -445,7 +445,7 @@ class Emitter:
             attrs = {**user, **attrs}
         return attrs
 
-    def activate(self, handle: TaskHandle) -> tuple[object, Context] | None:
+    def activate(self, handle: TaskHandle) -> object:
         """Make the task's span current (generators: around each resume)."""
         state = handle._otel
         if state is None or not handle.span:
@@ -454,22 +454,21 @@ class Emitter:
             # Built on the context current at this resume, so the consumer's
             # other context values (baggage) carry through.
             span = cast("_SpanState", state)[0]
-            context = otel_trace.set_span_in_context(span)
-            return otel_context.attach(context), context
+            return otel_context.attach(otel_trace.set_span_in_context(span))
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.context", exc)
             return None
 
-    def deactivate(self, activated: tuple[object, Context] | None) -> None:
+    def deactivate(self, token: object) -> None:
         """Undo :meth:`activate`, right after the resume it wrapped, in the same context.
 
         Unconditionally: whatever the generator's body made current during its
         step (a span it keeps open across its ``yield``) is the body's, and the
         consumer must get back the context it resumed the generator in.
         """
-        if activated is not None:
+        if token is not None:
             try:
-                otel_context.detach(activated[0])  # type: ignore[arg-type] # made by attach()
+                otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
             except Exception as exc:  # noqa: BLE001 - never into user code
                 self._tracker._report_fault("otel.context", exc)
 

@@ -175,8 +175,8 @@ class Sampler:
     def _run(self) -> None:
         wake = self._wake
         while not self._stopped:
-            # Set only by a wake from the parked state or by close(): awake,
-            # a wake has nothing to add (close() is seen through ``stop``).
+            # Raised only by a wake from the parked state or by close(): awake,
+            # a wake has nothing to add (close() is seen through ``_stopped``).
             wake.clear()
             try:
                 timeout = self._step()

@@ -273,11 +273,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             to_throw: BaseException | None = None
             try:
                 while True:
-                    activated = emitter.activate(handle)
+                    token = emitter.activate(handle)
                     try:
                         item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
                     finally:
-                        emitter.deactivate(activated)
+                        emitter.deactivate(token)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
@@ -286,11 +286,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
                             # Closed by the collector: no context change (see _gcsafe).
                             gen.close()
                             raise
-                        activated = emitter.activate(handle)
+                        token = emitter.activate(handle)
                         try:
                             gen.close()
                         finally:
-                            emitter.deactivate(activated)
+                            emitter.deactivate(token)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc
@@ -317,14 +317,14 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             to_throw: BaseException | None = None
             try:
                 while True:
-                    activated = emitter.activate(handle)
+                    token = emitter.activate(handle)
                     try:
                         if to_throw is None:
                             item = await agen.asend(to_send)
                         else:
                             item = await agen.athrow(to_throw)
                     finally:
-                        emitter.deactivate(activated)
+                        emitter.deactivate(token)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
@@ -333,11 +333,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
                             # Closed by the collector (no event loop hooks): as above.
                             await agen.aclose()
                             raise
-                        activated = emitter.activate(handle)
+                        token = emitter.activate(handle)
                         try:
                             await agen.aclose()
                         finally:
-                            emitter.deactivate(activated)
+                            emitter.deactivate(token)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc

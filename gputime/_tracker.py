@@ -330,8 +330,7 @@ class Tracker:
         Reads nothing when no task runs and every window is settled (rule 1).
         """
         ledger = self._ledger
-        if self._recorded:
-            ledger.apply_recorded()
+        ledger.apply_recorded()
         if self._finished:
             self._emit_finished()
         if self._closed or not self._device_count or not ledger.wants_reading():
