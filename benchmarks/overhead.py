@@ -213,7 +213,6 @@ def _cases(nvml: _Nvml) -> tuple[list[Case], list[Any], dict[str, Any]]:
             ("gputime SimulatedGpu", gpu_task("tput", tracker=sim_tracker)(_empty)),
             ("gputime default tracker, no GPU", gpu_task("tput")(_empty)),
         ],
-        "nvml_tracker": nvml_tracker,
         "held": held,
     }
     return cases, closers, extras
