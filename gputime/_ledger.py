@@ -49,6 +49,14 @@ _FORGET_EVERY = 32
 # times, trying again after each, before it blocks (see _acquire_contended).
 _YIELDS_BEFORE_BLOCKING = 100
 
+# The sampler stops re-reading for the settle this long after the last task
+# ended: the longest driver sample period (1 s), its jitter and a few ticks.
+_SETTLE_GIVE_UP = 3.0
+
+#: What :meth:`Ledger.begin` returns for the only running task, and for one that
+#: also starts the channels afresh after an idle spell (see there).
+FIRST, WOKE = 1, 2
+
 # Breakpoint lists and pending-mark lists are pruned when they reach this
 # length, then again at twice what was left: amortised O(1) per change.
 _PRUNE_MIN = 64
@@ -143,6 +151,7 @@ class _Channel:
         "device",
         "failing",
         "horizon",
+        "idle_until",
         "is_power",
         "last_end",
         "last_value",
@@ -174,6 +183,22 @@ class _Channel:
         #: A read found no sample although one was overdue (the driver is not
         #: sampling: an idle GPU): task exits ask again only from here on.
         self.quiet_until = -math.inf
+        #: The newest idle claim (:attr:`Reading.idle_until`): the device was
+        #: idle from the newest sample up to here, though no sample says so.
+        self.idle_until = -math.inf
+
+    def tail_value(self) -> float | None:
+        """What the stretch after the newest reading takes (the spec's tail rule).
+
+        The newest sample's value, unless the driver has shown the device idle
+        since (an idle claim newer than that sample): then 0, so a busy value
+        is never carried across a stretch known to be idle. ``None`` where
+        nothing was ever read.
+        """
+        last_end = self.last_end
+        if self.idle_until > -math.inf and (last_end is None or self.idle_until >= last_end):
+            return 0.0
+        return self.last_value
 
     def update_since(self, period: float) -> None:
         horizon = self.horizon
@@ -429,10 +454,15 @@ class Ledger:
         """When the sampler should make its last read after the last task ended."""
         return self._settle_deadline
 
-    def begin(self, record: TaskRecord, service_name: str) -> bool:
-        """Open ``record`` as a task of ``service_name``; True if it is the only one running.
+    def begin(self, record: TaskRecord, service_name: str) -> int:
+        """Open ``record`` as a task of ``service_name``.
 
         The hot path: one lock acquisition, no allocation but a new service's.
+
+        Returns:
+            0 if other tasks run; :data:`FIRST` if this is the only one;
+            :data:`WOKE` if, besides, every earlier window was settled, so the
+            channels start afresh from now (the first task after an idle spell).
         """
         lock = self._lock
         if not lock.acquire(False):  # positional: cheaper than blocking=False
@@ -452,12 +482,14 @@ class Ledger:
             record.concurrency = service.active
             record._generation = self.generation
             record._fail_epoch = self._fail_epoch
+            woke = False
             if self._device_count:
                 if first_overall:
                     self._settle_deadline = None
                     # _settled() written out: this runs as every task after idle begins.
                     if self._min_horizon >= self._last_close - _EPS:
                         self._wake_channels(now)
+                        woke = True
                 if service.active == 1:
                     self._active_services.append(service)
                     self._tracking.add(service)
@@ -470,7 +502,7 @@ class Ledger:
                         channel.pending.append((now, record))
                     else:
                         self._fill_from_sums(record, channel)  # jitter: see _place_mark
-            return first_overall
+            return first_overall + woke  # FIRST, WOKE or 0, without a branch
         finally:
             lock.release()
 
@@ -546,7 +578,11 @@ class Ledger:
         record._done = True
         if last:
             self._last_close = end
-            self._settle_deadline = end + self._period
+            # The sample covering the end is out one period later, plus the
+            # driver's jitter; an idle claim covering it can come later still
+            # (see settle_done).
+            jitter = self._jitter
+            self._settle_deadline = end + self._period + (jitter if jitter and jitter > 0 else 0.0)
         for channel in self._channels:
             pending = channel.pending
             if pending and pending[-1][1] is record:
@@ -614,14 +650,22 @@ class Ledger:
             self._forget()
 
     def settle_done(self, deadline: float | None) -> None:
-        """The sampler made the last read for ``deadline``; park until the next task.
+        """The sampler made the read due at ``deadline``; park once every window is settled.
 
         Compare-and-clear: a task that began and ended meanwhile set a new
-        deadline, which still needs its own read.
+        deadline, which still needs its own read. Where that read did not yet
+        cover the last window (an idle claim lags the read by the longest
+        sample period the driver may have), read again one period later, for
+        at most :data:`_SETTLE_GIVE_UP` seconds after the last end; a stretch
+        left unsettled then is covered by the next task's reads.
         """
         with self._lock:
             if self._active_tasks == 0 and self._settle_deadline == deadline:
-                self._settle_deadline = None
+                now = self._clock()
+                if self._settled() or now >= self._last_close + _SETTLE_GIVE_UP:
+                    self._settle_deadline = None
+                else:
+                    self._settle_deadline = now + self._period
 
     # -- reading figures ---------------------------------------------------------------
 
@@ -764,14 +808,25 @@ class Ledger:
         self.fresh_until = fresh
 
     def _nothing_new(self, channel: _Channel) -> None:
-        """A read of ``channel`` brought no sample newer than the newest one."""
+        """A read of ``channel`` brought no sample newer than the newest one.
+
+        Where the next sample was overdue, the driver took it and recorded
+        nothing (an idle GPU): no new sample can be visible before the tick
+        after that, one period on along the driver's grid (the newest sample's
+        time plus whole periods), plus the jitter. Without a sample to place
+        the grid, one period from now.
+        """
         last_end = channel.last_end
         jitter = self._jitter
         if jitter is None:
             return
         now = self._clock()
-        if last_end is None or now >= last_end + self._period + jitter:
-            channel.quiet_until = now + self._period
+        period = self._period
+        if last_end is None:
+            channel.quiet_until = now + period
+        elif now >= last_end + period + jitter:
+            ticks = math.floor((now - jitter - last_end) / period) + 1
+            channel.quiet_until = last_end + ticks * period + jitter
 
     def _split_rates(self, now: float) -> None:
         """Under ``split``, the active services share each moment equally from ``now`` on."""
@@ -822,6 +877,11 @@ class Ledger:
                 self._ingest_channel(util, outcome.utilization)
             if util.last_end == newest:
                 self._nothing_new(util)
+            idle_until = outcome.idle_until
+            if idle_until is not None and idle_until > util.idle_until:
+                util.idle_until = idle_until
+                if idle_until > util.horizon:
+                    self._ingest_channel(util, ((idle_until, 0.0),), claim=True)
             if self._power and outcome.power:
                 self._ingest_channel(self._power[device], outcome.power)
         self._update_horizons()
@@ -839,11 +899,15 @@ class Ledger:
                 service.failed = True
 
     def _ingest_channel(
-        self, channel: _Channel, samples: Sequence[tuple[float, float | None]]
+        self,
+        channel: _Channel,
+        samples: Sequence[tuple[float, float | None]],
+        *,
+        claim: bool = False,
     ) -> None:
         horizon = channel.horizon
         for end, value in samples:
-            if channel.last_end is None or end > channel.last_end:
+            if not claim and (channel.last_end is None or end > channel.last_end):
                 channel.last_end = end
                 channel.last_value = value
             if end <= horizon:
@@ -952,7 +1016,7 @@ class Ledger:
             if reads is not None and isinstance(reads[channel.device], BaseException):
                 value = None
             else:
-                value = channel.last_value
+                value = channel.tail_value()
             if value is None:
                 if channel.is_power:
                     energy_missing = True

@@ -23,7 +23,7 @@ from gputime._backends import (
     resolve_backend,
     warn_auto_fallback,
 )
-from gputime._ledger import Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
+from gputime._ledger import WOKE, Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
 from gputime._otel import Emitter
 from gputime._sampler import Sampler
 
@@ -220,6 +220,7 @@ class Tracker:
             session = resolved.open(clock=clock, devices=devices, attribution=attribution)
         self.backend = resolved
         self._session = session
+        self._resume: Callable[[], object] | None = getattr(session, "resume", None)
         # Devices that cannot report utilisation (MIG) are never read; the
         # ledger counts them as missing, so figures read partial, never idle.
         self._read_index = tuple(
@@ -397,19 +398,37 @@ class Tracker:
             return handle
         try:
             first = self._ledger.begin(handle, spec.service)
-            # The one cross-thread wake: the first task after the sampler parked.
-            sampler = self._sampler
-            if first and sampler is not None and sampler.parked and not self._closed:
-                sampler.wake()
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task start", exc)
             _unrecorded(handle)
+            first = 0
+        if first:
+            self._first_task_began(first)
         if self._finished:
             self._emit_finished()
         self._emitter.task_started(handle, activate)
         if self._start_listeners:
             self._notify(self._start_listeners, handle, "on_task_start")
         return handle
+
+    def _first_task_began(self, first: int) -> None:
+        """No other task runs: refresh baselines after an idle spell, wake a parked sampler."""
+        if self._closed:
+            return
+        if first == WOKE and self._resume is not None:
+            # Fresh baselines (NVML's energy counter) after an idle spell: one
+            # driver call per idle spell, never per task.
+            try:
+                self._resume()
+            except Exception as exc:  # noqa: BLE001 - a driver fault is a reported status
+                self._report_fault("resume", exc)
+        # The one cross-thread wake: the first task after the sampler parked.
+        sampler = self._sampler
+        if sampler is not None and sampler.parked:
+            try:
+                sampler.wake()
+            except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
+                self._report_fault("sampler", exc)
 
     def _start_in_collection(self, handle: TaskHandle, spec: _task.gpu_task) -> None:
         if self._ledger.held_here():

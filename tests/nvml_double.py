@@ -7,14 +7,20 @@ function pointers (``CFUNCTYPE`` callbacks), so ctypes converts the arguments
 exactly as it would for ``libnvidia-ml.so``, and the callbacks write their results
 into the caller's memory and return NVML status codes, as the C library does.
 
-What it models, per GPU: a UUID and name; a driver that takes one utilisation
-sample every ``period`` seconds, stamped in wall-clock microseconds, whose value is
-the time-weighted mean utilisation over the period (rounded, halves up), kept in a
-ring buffer of ``capacity`` samples; ``NOT_FOUND`` when no sample is newer than
-the caller's last-seen timestamp; optionally no sampling at all while idle; an
-energy counter in mJ that only moves every 100 ms; per-process rows; MIG mode;
-calls a driver does not support; and injected error codes for any call, any
-device, once or repeatedly.
+What it models, per GPU, after what real drivers do (docs/nvml.md, "What real
+drivers do"): a UUID and name; a driver that takes one utilisation sample every
+``period`` seconds on a grid of its own (``phase``: never aligned with anybody's
+polls), stamped in microseconds of the wall clock (or of the time since boot,
+``timestamp_base``), whose value is the time-weighted mean utilisation over the
+period (rounded, halves up); **no sample recorded while the GPU is idle** (a
+sample of 0), so a buffer may hold nothing for minutes or never have held a
+sample at all (``sample_when_idle=True`` is the other behaviour, for the tests
+that run on both); a ring buffer of ``capacity`` samples that overruns;
+``NOT_FOUND`` when no sample is newer than the caller's last-seen timestamp;
+timestamps that jitter by up to ``stamp_jitter`` seconds; an energy counter in
+mJ that only moves every 100 ms; per-process rows; MIG mode; calls a driver does
+not support; and injected error codes for any call, any device, once or
+repeatedly.
 
 Time: the tracker's clock is a :class:`gputime.testing.FakeClock`; the wall clock
 is that clock plus a fixed epoch (``wall_ns`` is what the backend is given as its
@@ -38,6 +44,12 @@ from gputime.testing import FakeClock
 
 #: Wall-clock microseconds at tracker time 0 (November 2023).
 EPOCH_US = 1_700_000_000_000_000
+#: Microseconds since boot at tracker time 0 (the machine has been up 3 days).
+BOOT_US = 3 * 86_400_000_000
+
+#: The two driver models of idle time: real drivers record nothing while the
+#: GPU is idle; the other model records samples of 0.
+DRIVER_MODELS = ("no-idle-samples", "idle-samples")
 
 SUCCESS = 0
 UNINITIALIZED = 1
@@ -109,8 +121,19 @@ class FakeGpu:
     #: ``None``: not MIG-capable (``nvmlDeviceGetMigMode`` says NOT_SUPPORTED).
     mig: bool | None = False
     mig_instances: tuple[str, ...] = ()
-    #: Some drivers take no samples while the GPU is idle.
-    sample_when_idle: bool = True
+    #: Real drivers record no sample while the GPU is idle (False); True
+    #: records samples of 0 (the other behaviour, for tests that run on both).
+    sample_when_idle: bool = False
+    #: Where the driver's sample grid sits: sample k is taken at
+    #: ``phase + k * period`` on the tracker's clock.
+    phase: float = 0.0
+    #: Each timestamp lands up to this many seconds after its grid time
+    #: (deterministic per sample), as real drivers' do by a few ms.
+    stamp_jitter: float = 0.0
+    #: The clock samples are stamped with: ``"wall"`` or ``"boottime"``.
+    timestamp_base: str = "wall"
+    #: False: a broken driver whose buffer records nothing, busy or not.
+    records_samples: bool = True
     util: _Timeline = field(default_factory=_Timeline)
     power: _Timeline = field(default_factory=lambda: _Timeline(60.0))
     processes: dict[int, _Timeline] = field(default_factory=dict)
@@ -139,19 +162,37 @@ class FakeNvml:
         clock: The tracker's fake clock; the driver's time is this clock.
         gpus: How many GPUs (or ready-made :class:`FakeGpu` objects).
         period: Default sample period of the GPUs.
+        model: One of :data:`DRIVER_MODELS` for GPUs made here: the real
+            drivers' ``"no-idle-samples"`` (the default) or ``"idle-samples"``.
+        gpu_options: Further :class:`FakeGpu` fields for GPUs made here.
     """
 
     def __init__(
-        self, clock: FakeClock, gpus: int | Iterable[FakeGpu] = 2, *, period: float = 1 / 6
+        self,
+        clock: FakeClock,
+        gpus: int | Iterable[FakeGpu] = 2,
+        *,
+        period: float = 1 / 6,
+        model: str = DRIVER_MODELS[0],
+        **gpu_options: Any,
     ) -> None:
         self.clock = clock
+        if model not in DRIVER_MODELS:
+            raise ValueError(f"model={model!r}: one of {DRIVER_MODELS}")
         if isinstance(gpus, int):
             gpus = [
-                FakeGpu(i, f"GPU-{i:08x}-aaaa-bbbb-cccc-{i:012x}", period=period)
+                FakeGpu(
+                    i,
+                    f"GPU-{i:08x}-aaaa-bbbb-cccc-{i:012x}",
+                    period=period,
+                    sample_when_idle=model == "idle-samples",
+                    **gpu_options,
+                )
                 for i in range(gpus)
             ]
         self.gpus = list(gpus)
         self.wall_offset_us = EPOCH_US
+        self.boot_offset_us = BOOT_US
         self.driver_loaded = True
         self.refcount = 0
         self.generation = 0
@@ -175,6 +216,35 @@ class FakeNvml:
     def wall_us(self, t: float) -> int:
         return self.wall_offset_us + round(t * 1e6)
 
+    def boot_ns(self) -> int:
+        """``CLOCK_BOOTTIME`` of the machine the driver runs on, in ns."""
+        return self.boot_offset_us * 1000 + round(self.clock() * 1e9)
+
+    def monotonic_ns(self) -> int:
+        """``CLOCK_MONOTONIC``: the machine was never suspended, so boottime."""
+        return self.boot_ns()
+
+    def backend_clocks(self) -> dict[str, Any]:
+        """The clock hooks of ``NvmlBackend`` / ``list_devices`` that match this double."""
+        return {
+            "wall_clock_ns": self.wall_ns,
+            "boot_clock_ns": self.boot_ns,
+            "monotonic_clock_ns": self.monotonic_ns,
+        }
+
+    def stamp(self, gpu: FakeGpu, t: float) -> int:
+        """The timestamp (µs) ``gpu`` gives a sample taken at tracker time ``t``."""
+        offset = self.boot_offset_us if gpu.timestamp_base == "boottime" else self.wall_offset_us
+        return offset + round(t * 1e6)
+
+    def sample_time(self, gpu: FakeGpu, k: int) -> float:
+        """Tracker time at which ``gpu`` takes sample ``k`` (its grid, plus jitter)."""
+        jitter = 0.0
+        if gpu.stamp_jitter:
+            # Deterministic and spread over [0, stamp_jitter): a fixed hash of k.
+            jitter = gpu.stamp_jitter * (((k * 2654435761) % 1000) / 1000)
+        return gpu.phase + k * gpu.period + jitter
+
     def step_wall_clock(self, seconds: float) -> None:
         """Step the wall clock (not the tracker clock), like an NTP correction."""
         self.wall_offset_us += round(seconds * 1e6)
@@ -182,6 +252,18 @@ class FakeNvml:
     def set_utilization(self, percent: float, device: int = 0) -> None:
         self._sample(self.gpus[device])
         self.gpus[device].util.set(self.clock(), percent)
+
+    def worked_earlier(self, start: float = 5.0, end: float = 9.0, percent: float = 100.0) -> None:
+        """Give every GPU a busy stretch in the past, before anything was read.
+
+        Its samples are what a driver's buffer holds from earlier work: they
+        show the sample period and the clock the driver stamps with. Call it
+        before the first read (the double samples lazily).
+        """
+        for gpu in self.gpus:
+            assert gpu.sampled_upto == 0, "worked_earlier() after the driver was read"
+            gpu.util.set(start, percent)
+            gpu.util.set(end, 0.0)
 
     def set_process_utilization(self, pid: int, percent: float, device: int = 0) -> None:
         gpu = self.gpus[device]
@@ -233,12 +315,14 @@ class FakeNvml:
     def _sample(self, gpu: FakeGpu) -> None:
         """Take every sample due up to now (lazily, as if the driver ran all along)."""
         now = self.clock()
-        newest = math.floor(now / gpu.period + 1e-9)
+        newest = math.floor((now - gpu.phase) / gpu.period + 1e-9)
+        while newest > gpu.sampled_upto and self.sample_time(gpu, newest) > now + 1e-9:
+            newest -= 1  # taken late by its jitter: not yet
         for k in range(gpu.sampled_upto + 1, newest + 1):
-            start, end = (k - 1) * gpu.period, k * gpu.period
+            start, end = self.sample_time(gpu, k - 1), self.sample_time(gpu, k)
             value = _round_half_up(gpu.util.mean(start, end))
-            stamp = self.wall_us(end)
-            if value or gpu.sample_when_idle:
+            stamp = self.stamp(gpu, end)
+            if gpu.records_samples and (value or gpu.sample_when_idle):
                 gpu.ring.append((stamp, value))
             for pid, timeline in gpu.processes.items():
                 sm = _round_half_up(timeline.mean(start, end))
@@ -429,8 +513,11 @@ class FakeNvml:
             gpu = whole(target)
             if gpu is None or not gpu.rates_supported:
                 return NOT_SUPPORTED
-            k = math.floor(self.clock() / gpu.period + 1e-9)
-            value = _round_half_up(gpu.util.mean((k - 1) * gpu.period, k * gpu.period))
+            self._sample(gpu)
+            k = gpu.sampled_upto  # the newest sample taken: what the rates report
+            value = _round_half_up(
+                gpu.util.mean(self.sample_time(gpu, k - 1), self.sample_time(gpu, k))
+            )
             result = pynvml.c_nvmlUtilization_t.from_address(out)
             result.gpu = value
             result.memory = value // 2

@@ -158,10 +158,43 @@ class TestSettle:
         second = ledger.settle_deadline
         assert second is not None
         assert second > first
+        clock.advance(second - clock())
+        tracker.poll()  # the sampler's read, due at the first deadline, made late
         ledger.settle_done(first)
         assert ledger.settle_deadline == second  # b's tail still needs its read
         ledger.settle_done(second)
         assert ledger.settle_deadline is None
+
+    def test_an_unsettled_window_is_read_again_a_period_later(self, tracker, clock):
+        ledger = tracker._ledger
+        with tracker.gpu_task("a"):
+            clock.advance(0.1)
+        deadline = ledger.settle_deadline
+        assert deadline is not None
+        tracker.poll()  # too early: the sample covering the end is not out yet
+        ledger.settle_done(deadline)
+        retry = ledger.settle_deadline
+        assert retry == pytest.approx(clock() + ledger.sample_period)
+        clock.advance(retry - clock())
+        tracker.poll()
+        ledger.settle_done(retry)
+        assert ledger.settle_deadline is None
+
+    def test_the_settle_gives_up_while_reads_fail(self, tracker, gpu, clock):
+        ledger = tracker._ledger
+        with tracker.gpu_task("a"):
+            clock.advance(0.1)
+        gpu.fail_reads()
+        for _ in range(40):
+            deadline = ledger.settle_deadline
+            if deadline is None:
+                break
+            clock.advance(max(0.0, deadline - clock()))
+            tracker.poll()
+            ledger.settle_done(deadline)
+        assert ledger.settle_deadline is None
+        assert clock() <= 0.1 + 3.0 + ledger.sample_period + 1e-9
+        assert tracker.stats("a").status == "partial"
 
 
 class TestLifecycle:

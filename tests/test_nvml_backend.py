@@ -28,6 +28,7 @@ from gputime._backends._nvml import (
 from gputime.testing import FakeClock
 from tests.nvml_double import (
     DEVICE_CALLS,
+    DRIVER_MODELS,
     EPOCH_US,
     GPU_IS_LOST,
     NOT_FOUND,
@@ -48,9 +49,17 @@ def clock() -> FakeClock:
     return FakeClock(START)
 
 
+@pytest.fixture(params=DRIVER_MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    """Each driver model of idle time: real drivers record no sample while idle."""
+    return str(request.param)
+
+
 @pytest.fixture
-def nvml(clock: FakeClock) -> Iterator[FakeNvml]:
-    double = FakeNvml(clock, 2)
+def nvml(clock: FakeClock, model: str) -> Iterator[FakeNvml]:
+    """Two GPUs that were busy from 5 s to 9 s, before the test begins at 10 s."""
+    double = FakeNvml(clock, 2, model=model)
+    double.worked_earlier()
     with installed(double):
         yield double
 
@@ -80,7 +89,7 @@ def open_session(
     attribution: Any = "device",
     **kwargs: Any,
 ) -> Any:
-    backend = NvmlBackend(wall_clock_ns=nvml.wall_ns, **kwargs)
+    backend = NvmlBackend(**nvml.backend_clocks(), **kwargs)
     return backend.open(clock=clock, devices=devices, attribution=attribution)
 
 
@@ -99,6 +108,11 @@ def values(reading: Reading) -> list[float | None]:
 
 def ends(reading: Reading) -> list[float]:
     return [end for end, _ in reading.utilization]
+
+
+def heard(reading: Reading) -> bool:
+    """Whether a read told anything: samples, or (an idle real driver) an idle claim."""
+    return bool(reading.utilization) or reading.idle_until is not None
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -233,6 +247,7 @@ class TestLifecycle:
 
     def test_a_child_failing_to_initialise(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
+        nvml.set_utilization(100)
         _nvml._RUNTIME.forget()
         session._pid = -1
         nvml.fail("nvmlInitWithFlags", UNKNOWN, times=1)
@@ -469,7 +484,7 @@ class TestMig:
 
 
 class TestSampling:
-    def test_samples_on_the_tracker_clock(self, nvml: FakeNvml, clock: FakeClock):
+    def test_samples_on_the_tracker_clock(self, nvml: FakeNvml, clock: FakeClock, model: str):
         session = open_session(nvml, clock)
         nvml.set_utilization(100)
         clock.advance(0.5)
@@ -480,16 +495,27 @@ class TestSampling:
         assert ends(reading) == pytest.approx([START + at(k) for k in range(1, 7)], abs=1e-6)
         assert values(reading) == [100, 100, 100, 30, 30, 30]
         assert reading.power  # energy is measured too
-        assert values(session.read(1, START)) == [0.0] * 6
+        assert reading.idle_until is None  # the newest sample is as new as can be
+        idle = session.read(1, START)
+        if model == "idle-samples":
+            assert values(idle) == [0.0] * 6
+            assert idle.idle_until is None
+        else:
+            # Nothing recorded while idle: the absence is the reading, up to
+            # where a sample still on its way could reach back.
+            assert idle.utilization == []
+            assert idle.idle_until == pytest.approx(START + 1 - P, abs=1e-5)
 
     def test_only_samples_newer_than_since(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
+        nvml.set_utilization(100)
         clock.advance(1)
         reading = session.read(0, START + at(4))
         assert ends(reading) == pytest.approx([START + at(5), START + at(6)], abs=1e-6)
 
     def test_nothing_new_is_an_empty_reading(self, clock: FakeClock):
         with installed(FakeNvml(clock, 1, period=1.0)) as double:
+            double.worked_earlier()
             session = open_session(double, clock)
             assert session.sample_period == pytest.approx(1.0, abs=1e-5)
             clock.advance(0.4)
@@ -527,6 +553,7 @@ class TestSampling:
     def test_period_is_estimated_per_device_and_the_longest_reported(self, clock: FakeClock):
         gpus = [FakeGpu(0, "GPU-a", period=1 / 6), FakeGpu(1, "GPU-b", period=1.0)]
         with installed(FakeNvml(clock, gpus)) as double:
+            double.worked_earlier()
             assert open_session(double, clock).sample_period == pytest.approx(1.0, abs=1e-5)
             assert open_session(double, clock, [0]).sample_period == pytest.approx(1 / 6, abs=1e-5)
 
@@ -540,8 +567,8 @@ class TestSampling:
             session.read(0, START)
             assert session.sample_period == pytest.approx(0.5, abs=1e-5)
 
-    def test_idle_driver_without_samples_falls_back_to_utilization_rates(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", sample_when_idle=False)
+    def test_a_silent_buffer_is_confirmed_idle_by_the_rates_once_a_period(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a")
         with installed(FakeNvml(clock, [gpu])) as double:
             double.set_utilization(100)
             clock.advance(1)
@@ -549,12 +576,41 @@ class TestSampling:
             clock.advance(1)
             session = open_session(double, clock)  # learns P from the buffer
             clock.advance(0.1)
-            # Newest sample at 11 s, now 12.1 s: the driver stopped sampling.
+            # Newest sample at 11 s, now 12.1 s: the driver recorded nothing since.
             reading = session.read(0, START + 1.0)
+            assert reading.source == "samples"
+            assert reading.utilization == []
+            assert reading.idle_until == pytest.approx(START + 2.1 - P, abs=1e-5)
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 1  # said 0: idle
+            clock.advance(0.05)
+            assert session.read(0, START + 1.0).idle_until == pytest.approx(START + 2.15 - P)
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 1  # not again so soon
+            clock.advance(P)
+            session.read(0, START + 1.0)
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 2
+
+    def test_a_buffer_that_records_nothing_while_busy_gives_way_to_the_rates(
+        self, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ):
+        gpu = FakeGpu(0, "GPU-a", records_samples=False)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)
+            double.set_utilization(100)
+            clock.advance(0.5)
+            # Silent for less than two of the longest periods: nothing to say yet
+            # (a sample of a 1 s period may still be on its way).
+            assert is_empty(session.read(0, START), "samples")
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 0
+            clock.advance(2)
+            reading = session.read(0, START)
             assert reading.source == "utilization-rates"
-            assert reading.utilization == [(pytest.approx(START + 2.1), 0.0)]
-            # Right after, nothing is stale: no second fallback.
-            assert is_empty(session.read(0, START + 1.0), "samples")
+            assert reading.idle_until is None
+            # Not read: the stretch the silent buffer was taken for idle, up to
+            # the last period, which the rates cover.
+            assert reading.utilization == [(START + 1.5, None), (START + 2.5, 100.0)]
+            assert "records no samples" in caplog.text
+            clock.advance(0.5)
+            assert session.read(0, START + 2.5).utilization == [(START + 3.0, 100.0)]
 
     def test_the_first_sample_after_an_idle_pause_starts_after_it(self, clock: FakeClock):
         gpu = FakeGpu(0, "GPU-a", sample_when_idle=False)
@@ -571,21 +627,62 @@ class TestSampling:
             assert values(reading) == [0.0, 100.0]
             assert ends(reading) == pytest.approx([START + 2.0, START + 2.0 + P], abs=1e-6)
 
-    def test_an_overrun_buffer_marks_the_lost_stretch(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", capacity=12)
+    def test_idle_ticks_between_samples_are_idle_not_the_next_sample(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a")
         with installed(FakeNvml(clock, [gpu])) as double:
+            double.worked_earlier()
             session = open_session(double, clock)
             double.set_utilization(100)
-            clock.advance(3)  # 18 samples; the driver keeps 12
+            clock.advance(P)
+            double.set_utilization(0)
+            clock.advance(3 * P)
+            double.set_utilization(100)
+            clock.advance(P)
             reading = session.read(0, START)
-            assert values(reading) == [None] + [100.0] * 12
-            assert ends(reading)[0] == pytest.approx(START + at(6), abs=1e-6)
+            # Sample 5 covers one period, not the three idle ones before it.
+            assert values(reading) == [100.0, 0.0, 100.0]
+            assert ends(reading) == pytest.approx(
+                [START + at(1), START + at(4), START + at(5)], abs=1e-6
+            )
+
+    def test_an_overrun_buffer_marks_the_lost_stretch(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a", capacity=40)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            double.worked_earlier()
+            session = open_session(double, clock)
+            double.set_utilization(100)
+            clock.advance(10)  # 60 samples; the driver keeps 40
+            reading = session.read(0, START)
+            assert values(reading) == [None] + [100.0] * 40
+            assert ends(reading)[0] == pytest.approx(START + at(20), abs=1e-6)
+
+    def test_a_long_idle_stretch_is_not_an_overrun(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a", capacity=100)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            double.worked_earlier(1.0, 9.0)  # 48 samples in the buffer
+            session = open_session(double, clock)
+            clock.advance(10)  # idle: nothing recorded
+            double.set_utilization(100)
+            clock.advance(P)
+            # Ten seconds behind, but the buffer still reaches back: idle.
+            assert values(session.read(0, START)) == [0.0, 100.0]
+
+    def test_a_buffer_too_short_to_have_overrun_never_lost_anything(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a")
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)  # a fresh GPU: it never held a sample
+            clock.advance(10)
+            double.set_utilization(100)
+            clock.advance(3 * P)
+            assert values(session.read(0, START)) == [0.0, 100.0, 100.0, 100.0]
 
     def test_overrun_check_failure_counts_the_stretch_as_lost(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", capacity=12)
+        gpu = FakeGpu(0, "GPU-a", capacity=40)
         with installed(FakeNvml(clock, [gpu])) as double:
+            double.worked_earlier()
             session = open_session(double, clock)
-            clock.advance(3)
+            double.set_utilization(100)
+            clock.advance(10)
             real = double.functions["nvmlDeviceGetSamples"]
             calls = 0
 
@@ -601,10 +698,12 @@ class TestSampling:
             assert double.functions["nvmlDeviceGetSamples"] is real
 
     def test_lost_gpu_during_the_overrun_check(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", capacity=12)
+        gpu = FakeGpu(0, "GPU-a", capacity=40)
         with installed(FakeNvml(clock, [gpu])) as double:
+            double.worked_earlier()
             session = open_session(double, clock)
-            clock.advance(3)
+            double.set_utilization(100)
+            clock.advance(10)
             calls = 0
 
             def lose(name: str) -> None:
@@ -669,8 +768,8 @@ class TestSampling:
             assert session.devices[1].details["utilization"] is False
             assert not open_session(double, clock, [0]).measures_utilization
 
-    def test_idle_driver_without_rates_claims_idle_up_to_a_period_ago(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", sample_when_idle=False, rates_supported=False)
+    def test_idle_claims_need_no_rates(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a", rates_supported=False)
         with installed(FakeNvml(clock, [gpu])) as double:
             double.set_utilization(100)
             clock.advance(1)
@@ -679,33 +778,47 @@ class TestSampling:
             session = open_session(double, clock)
             reading = session.read(0, START + 1.0)
             assert reading.source == "samples"
-            assert reading.utilization == [(pytest.approx(START + 3 - P - 0.02), 0.0)]
+            assert reading.idle_until == pytest.approx(START + 3 - P, abs=1e-5)
             clock.advance(1)
-            assert values(session.read(0, START + 1.0)) == [0.0]
+            assert session.read(0, START + 1.0).idle_until == pytest.approx(START + 4 - P)
             assert double.calls["nvmlDeviceGetUtilizationRates"] == 1  # remembered
-
-    def test_rates_disappearing_while_idle(self, clock: FakeClock):
-        gpu = FakeGpu(0, "GPU-a", sample_when_idle=False)
-        with installed(FakeNvml(clock, [gpu])) as double:
-            double.set_utilization(100)
-            clock.advance(1)
-            double.set_utilization(0)
-            clock.advance(2)
-            session = open_session(double, clock)
-            double.gpus[0].rates_supported = False
-            reading = session.read(0, START + 1.0)
-            assert values(reading) == [0.0]
 
     def test_unknown_period_waits_a_full_second_before_calling_the_driver_idle(
         self, clock: FakeClock
     ):
-        gpu = FakeGpu(0, "GPU-a", sample_when_idle=False)
+        gpu = FakeGpu(0, "GPU-a")
         with installed(FakeNvml(clock, [gpu])) as double:
             session = open_session(double, clock)  # empty buffer: period unknown
             clock.advance(1.5)
-            assert is_empty(session.read(0, START), "samples")
-            clock.advance(0.6)
-            assert session.read(0, START).source == "utilization-rates"
+            reading = session.read(0, START)
+            # A sample of a 1 s period could still be on its way: idle until then.
+            assert reading.idle_until == pytest.approx(START + 1.5 - 1.0 - 0.02)
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 0
+            clock.advance(0.6)  # silent for over two of the longest periods
+            assert session.read(0, START).idle_until == pytest.approx(START + 2.1 - 1.02)
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 1
+
+    def test_an_unconfirmed_period_is_bounded_from_both_sides(self, clock: FakeClock):
+        gpu = FakeGpu(0, "GPU-a", period=1 / 6)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)
+            for _ in range(2):  # busy for one tick, then idle for one tick
+                double.set_utilization(100)
+                clock.advance(P)
+                double.set_utilization(0)
+                clock.advance(P)
+            reading = session.read(0, START)
+            # Two samples 2P apart: the period may be 2P or P. A sample reaches
+            # back no further than P...
+            assert values(reading) == [100.0, 0.0, 100.0]
+            assert ends(reading) == pytest.approx(
+                [START + at(1), START + at(2), START + at(3)], abs=1e-5
+            )
+            assert session.sample_period == pytest.approx(P, abs=1e-5)
+            # ... and a claim waits for a sample of a 2P period.
+            clock.advance(3 * P)
+            claim = session.read(0, START + at(3)).idle_until
+            assert claim == pytest.approx(START + 7 * P - 2 * P - 0.02, abs=1e-5)
 
     def test_wall_clock_step_is_followed(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
@@ -734,11 +847,12 @@ class TestSampling:
         mapping = _nvml._ClockMap(lambda: next(ticks), lambda: next(walls))
         assert mapping.uncertainty == pytest.approx(0.00005)
         assert mapping.to_tracker(11_000_000) == pytest.approx(1.00005)
-        assert mapping.to_wall_us(1.00005) == 11_000_000
+        assert mapping.to_raw_us(1.00005) == 11_000_000
 
     def test_concurrent_reads_are_consistent(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
         nvml.set_utilization(70)
+        nvml.set_utilization(70, device=1)
         clock.advance(1)
         results: list[Reading] = []
         threads = [
@@ -811,6 +925,7 @@ class TestEnergy:
         self, nvml: FakeNvml, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ):
         session = open_session(nvml, clock)
+        nvml.set_utilization(100)
         nvml.fail("nvmlDeviceGetTotalEnergyConsumption", UNKNOWN, times=2)
         clock.advance(0.5)
         reading = session.read(0, START)
@@ -877,10 +992,12 @@ class TestProcessAttribution:
     def test_no_process_rows_for_a_while_is_idle(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock, attribution="process")
         clock.advance(0.2)
-        assert is_empty(session.read(0, START), "process-utilization-info")
-        clock.advance(0.5)
         reading = session.read(0, START)
-        assert reading.utilization == [(pytest.approx(START + 0.7 - P - 0.02), 0.0)]
+        assert is_empty(reading, "process-utilization-info")
+        # No row for any process of ours: idle, up to where a row may still come.
+        assert reading.idle_until == pytest.approx(START + 0.2 - P, abs=1e-5)
+        clock.advance(0.5)
+        assert session.read(0, START).idle_until == pytest.approx(START + 0.7 - P, abs=1e-5)
 
     def test_rows_after_a_pause_start_after_it(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock, attribution="process")
@@ -998,7 +1115,7 @@ class TestErrors:
         with pytest.raises(NvmlDeviceLostError):
             session.read(0, START)
         assert sum(nvml.calls.values()) == calls  # no more NVML calls for that device
-        assert session.read(1, START).utilization  # the other device goes on
+        assert heard(session.read(1, START))  # the other device goes on
 
     @pytest.mark.parametrize("call", DEVICE_CALLS)
     def test_other_errors_count_nothing_and_the_next_read_recovers(
@@ -1036,7 +1153,7 @@ class TestErrors:
         generation = nvml.generation
         assert values(session.read(0, START)) == [100.0] * (1 if "Rates" in call else 3)
         assert nvml.generation == generation + 1  # handles were looked up again by UUID
-        assert session.read(1, START).utilization
+        assert heard(session.read(1, START))
 
     def test_uninitialized_twice_is_an_error(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
@@ -1047,6 +1164,7 @@ class TestErrors:
 
     def test_reinitialisation_failing(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
+        nvml.set_utilization(100)
         nvml.fail("nvmlDeviceGetSamples", UNINITIALIZED, times=1)
         nvml.fail("nvmlInitWithFlags", UNKNOWN, times=1)
         with pytest.raises(NvmlError, match="nvmlInit"):
@@ -1056,6 +1174,7 @@ class TestErrors:
 
     def test_lookup_failures_after_reinitialisation(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
+        nvml.set_utilization(100, device=1)
         clock.advance(P)
         nvml.lose_initialisation()
         nvml.fail("nvmlDeviceGetHandleByUUID", UNKNOWN, times=1)
@@ -1193,15 +1312,23 @@ class TestListDevices:
             FakeGpu(0, "GPU-a", period=0.5),
             FakeGpu(1, "GPU-b", mig=True, energy_supported=False),
             FakeGpu(2, "GPU-c", samples_supported=False),
+            FakeGpu(3, "GPU-d", timestamp_base="boottime"),
+            FakeGpu(4, "GPU-e"),
         ]
         with installed(FakeNvml(clock, gpus)) as double:
+            double.worked_earlier()
+            double.gpus[4].util.set(5.0, 0.0)  # never busy: its buffer is empty
             double.remove_function("nvmlDeviceGetProcessesUtilizationInfo")
             double.fail("nvmlDeviceGetProcessUtilization", UNKNOWN, device=2)
-            devices = list_devices()
+            devices = list_devices(**double.backend_clocks())
             assert double.refcount == 0  # initialised for the listing only
-        first, mig, old = devices
+        first, mig, old, boot, idle = devices
         assert (first.index, first.uuid, first.mig_enabled) == (0, "GPU-a", False)
         assert first.sample_period == pytest.approx(0.5, abs=1e-5)
+        assert first.timestamp_base == "wall"
+        assert boot.timestamp_base == "boottime"
+        assert boot.sample_period == pytest.approx(P, abs=1e-5)
+        assert (idle.sample_period, idle.timestamp_base) == (None, None)
         assert first.calls == {
             "nvmlDeviceGetSamples": "supported",
             "nvmlDeviceGetUtilizationRates": "supported",

@@ -36,11 +36,17 @@ class Reading:
             empty where the backend does not measure energy.
         source: Where the utilisation came from, for diagnostics (for example
             ``"samples"`` or ``"utilization-rates"``).
+        idle_until: Where the driver records no sample while the GPU is idle,
+            the absence of newer samples is itself a reading: the device was
+            idle from the newest sample (or ``since``) up to this time, on the
+            tracker's clock. ``None`` claims nothing. Unlike a sample of value
+            0 it says nothing of when the driver's next sample is due.
     """
 
     utilization: Sequence[Sample] = ()
     power: Sequence[Sample] = ()
     source: str = "samples"
+    idle_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,10 @@ class Session(Protocol):
 
     def close(self) -> None:
         """Release driver resources; called once, after the sampler stopped."""
+
+    # Optional: ``resume()``, called on the task path (outside every lock) when
+    # the first task after an idle spell began, so that a session refreshes the
+    # baselines it differences against (NVML's energy counter). See docs/design.md.
 
     def after_fork(self) -> None:
         """Re-initialise in a forked child (driver handles are not inherited)."""

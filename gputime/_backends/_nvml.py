@@ -21,14 +21,15 @@ driver sample always maps to the same tracker time.
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
+import math
 import os
 import re
 import statistics
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,12 +71,30 @@ _LIB_RM_VERSION_MISMATCH = 18
 _GPU_UTILIZATION_SAMPLES = 1
 _MIG_ENABLE = 1
 
-#: The driver samples every 1/6 s to 1 s depending on the product.
+#: The driver samples every 1/6 s to 1 s depending on the product. Until a
+#: device's samples tell, a sample is taken to reach back 1/6 s (a longer guess
+#: would credit a busy value back across idle time) and a sample may still be
+#: due for up to 1 s (a shorter guess would call time idle whose sample is yet
+#: to come).
 _DEFAULT_PERIOD = 1 / 6
 _MAX_PERIOD = 1.0
 _MIN_PERIOD = 1 / 60
+#: The shortest period NVML documents (1/6 s), less a margin: an interval
+#: between samples is never taken for a whole multiple of a shorter period.
+_SHORTEST_PERIOD = 0.15
+#: Consecutive samples lie a whole number of periods apart within this
+#: fraction of a period (the driver's timestamps jitter by a few ms).
+_PERIOD_TOLERANCE = 0.08
+#: Intervals between samples kept to learn the period and the jitter from; the
+#: oldest drop out, so one late sample does not keep exits careful for ever.
+_CADENCE_WINDOW = 64
+#: Fewer intervals than this teach no jitter (``_SLACK`` until then).
+_JITTER_MIN_INTERVALS = 3
 #: NVML timestamps jitter by a few milliseconds around the nominal period.
 _SLACK = 0.02
+#: The fewest samples a driver's ring buffer is assumed to hold (drivers keep
+#: about 100): a reader fewer samples behind cannot have lost any to an overrun.
+_MIN_RING = 32
 #: Extra lookback when asking NVML for samples newer than ``since``, in µs, so
 #: that rounding in the clock mapping never hides a sample.
 _LOOKBACK_US = 1000
@@ -265,7 +284,8 @@ os.register_at_fork(after_in_child=_RUNTIME.forget)
 
 
 class _ClockMap:
-    """Maps NVML's wall-clock microseconds onto the tracker's clock.
+    """Maps NVML's microseconds (of the wall clock, or of the clock a device
+    stamps with, see :func:`_detect_base`) onto the tracker's clock.
 
     Holds one anchor pair ``(wall ns, tracker s)``; conversions use integer
     differences from it, so they keep sub-microsecond precision.
@@ -305,7 +325,7 @@ class _ClockMap:
     def to_tracker(self, wall_us: int) -> float:
         return self._anchor_t + (wall_us * 1000 - self._anchor_ns) / 1e9
 
-    def to_wall_us(self, t: float) -> int:
+    def to_raw_us(self, t: float) -> int:
         return (self._anchor_ns + round((t - self._anchor_t) * 1e9)) // 1000
 
 
@@ -322,7 +342,11 @@ class NvmlDeviceInfo:
         name: The product name.
         mig_enabled: Whether MIG mode is on (NVML has no utilisation then).
         sample_period: The driver's utilisation sample period in seconds,
-            estimated from its sample buffer; ``None`` where the buffer was empty.
+            estimated from its sample buffer; ``None`` where the buffer held
+            too few samples (an idle driver records none).
+        timestamp_base: The clock the driver stamps samples with: ``"wall"``
+            (documented), ``"boottime"`` or ``"monotonic"``; ``None`` where the
+            buffer was empty.
         calls: For each NVML call gputime uses, ``"supported"``,
             ``"not supported"``, ``"missing"`` (the driver lacks the function)
             or ``"error: ..."``.
@@ -334,6 +358,7 @@ class NvmlDeviceInfo:
     name: str
     mig_enabled: bool = False
     sample_period: float | None = None
+    timestamp_base: str | None = None
     calls: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
@@ -396,30 +421,136 @@ def _probe(nv: Any, handle: Any, name: str, *args: object) -> tuple[str, Any]:
         return f"error: {_describe(exc)}", None
 
 
-def _jitter_from(timestamps_us: Sequence[int], period: float) -> float:
-    """The largest deviation of consecutive sample intervals from ``period``, in seconds.
+def _whole(interval: float, period: float) -> bool:
+    """Whether ``interval`` is a whole number of ``period`` (within the tolerance)."""
+    return abs(interval - round(interval / period) * period) <= _PERIOD_TOLERANCE * period
 
-    Intervals of whole multiples of the period (samples the driver skipped)
-    deviate by their remainder only.
+
+class _Cadence:
+    """What one device's sample timestamps say about its driver's sampling.
+
+    Real drivers record no sample while the GPU is idle, so consecutive
+    recorded samples lie a whole number of periods apart, and most reads bring
+    one sample: the period is learned from the intervals between consecutive
+    timestamps, across reads. The smallest interval (the median of those
+    close to it) is the period once it was seen twice. Seen once, it may
+    itself span several periods (a GPU busy for single ticks only), so two
+    bounds are kept, each used where it errs on the safe side:
+    :attr:`shortest` for how far back a sample reaches (a longer guess would
+    credit a busy value back across idle time) and :attr:`longest` for how
+    long a sample may still be on its way (a shorter guess would call time
+    idle whose sample is yet to come).
     """
-    worst = 0.0
-    for a, b in itertools.pairwise(timestamps_us):
-        interval = (b - a) / 1e6
-        periods = max(1, round(interval / period))
-        worst = max(worst, abs(interval - periods * period))
-    return worst
+
+    __slots__ = ("_intervals", "jitter", "longest", "newest_us", "shortest")
+
+    def __init__(self) -> None:
+        self._intervals: deque[float] = deque(maxlen=_CADENCE_WINDOW)
+        #: The newest timestamp seen (driver microseconds), ``None`` before any.
+        self.newest_us: int | None = None
+        self.shortest: float | None = None
+        self.longest: float | None = None
+        #: The largest deviation of recent intervals from whole periods (s).
+        self.jitter: float | None = None
+
+    def observe(self, timestamps_us: Iterable[int]) -> None:
+        """Learn from the timestamps (ascending) of the samples a read brought."""
+        newest = self.newest_us
+        learned = False
+        for ts in timestamps_us:
+            if newest is not None and ts > newest:
+                interval = (ts - newest) / 1e6
+                if interval >= _MIN_PERIOD:
+                    self._intervals.append(interval)
+                    learned = True
+            if newest is None or ts > newest:
+                newest = ts
+        self.newest_us = newest
+        if learned:
+            self._estimate()
+
+    def _estimate(self) -> None:
+        intervals = self._intervals
+        smallest = min(intervals)
+        close = [i for i in intervals if i <= smallest * (1 + 2 * _PERIOD_TOLERANCE)]
+        base = statistics.median(close)
+        if len(close) >= 2:
+            candidates = [base]
+        else:
+            # Seen once: any whole fraction of it down to the shortest period
+            # that fits every interval may be the period.
+            candidates = [
+                base / m
+                for m in range(1, max(1, int(base / _SHORTEST_PERIOD)) + 1)
+                if all(_whole(i, base / m) for i in intervals)
+            ] or [base]
+        self.shortest = min(*candidates, _MAX_PERIOD)
+        plausible = [c for c in candidates if c <= _MAX_PERIOD * (1 + _PERIOD_TOLERANCE)]
+        self.longest = max(plausible) if plausible else _MAX_PERIOD
+        if len(intervals) >= _JITTER_MIN_INTERVALS:
+            period = self.shortest
+            self.jitter = max(abs(i - round(i / period) * period) for i in intervals)
+
+    @property
+    def reach(self) -> float:
+        """How far back a sample reaches: the period, or its shortest bound."""
+        return self.shortest if self.shortest is not None else _DEFAULT_PERIOD
+
+    @property
+    def lag(self) -> float:
+        """How long the next sample may take: the period, or its longest bound."""
+        return self.longest if self.longest is not None else _MAX_PERIOD
 
 
-def _period_from(timestamps_us: Sequence[int], minimum: int) -> float | None:
-    diffs = [b - a for a, b in itertools.pairwise(timestamps_us) if b > a]
-    if len(diffs) < minimum:
-        return None
-    period = statistics.median(diffs) / 1e6
-    return period if _MIN_PERIOD <= period <= _MAX_PERIOD * 1.05 else None
+#: The clocks NVML may stamp samples with, by name (see :func:`_detect_base`).
+TimeBases = Mapping[str, Callable[[], int]]
 
 
-def list_devices() -> tuple[NvmlDeviceInfo, ...]:
+def _boottime_ns() -> int:
+    """``CLOCK_BOOTTIME`` in ns (Linux); the monotonic clock where there is none."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime_ns(boottime) if boottime is not None else time.monotonic_ns()
+
+
+def _time_bases(
+    wall: Callable[[], int], boot: Callable[[], int] | None, mono: Callable[[], int] | None
+) -> dict[str, Callable[[], int]]:
+    return {
+        "wall": wall,
+        "boottime": boot if boot is not None else _boottime_ns,
+        "monotonic": mono if mono is not None else time.monotonic_ns,
+    }
+
+
+def _detect_base(newest_us: int, bases: TimeBases) -> str:
+    """Which clock a device stamps its samples with, from its newest timestamp.
+
+    Drivers document the wall clock, but at least one platform stamps the time
+    since boot. A timestamp lies in the past of its own clock, and the bases'
+    ranges are far apart (the wall clock counts from 1970, the others from
+    boot), so the base whose "now" is at or after the timestamp and closest to
+    it is the one. The wall clock where none fits (a garbage timestamp).
+    """
+    best, best_age = "wall", math.inf
+    for name, read_ns in bases.items():
+        age = read_ns() / 1000 - newest_us
+        if -_FUTURE_SLACK * 1e6 <= age < best_age:
+            best, best_age = name, age
+    return best
+
+
+def list_devices(
+    *,
+    wall_clock_ns: Callable[[], int] = time.time_ns,
+    boot_clock_ns: Callable[[], int] | None = None,
+    monotonic_clock_ns: Callable[[], int] | None = None,
+) -> tuple[NvmlDeviceInfo, ...]:
     """List the GPUs NVML sees and which of gputime's NVML calls each supports.
+
+    Args:
+        wall_clock_ns: The wall clock; tests replace it (as the clocks below).
+        boot_clock_ns: ``CLOCK_BOOTTIME``; ``None`` for the system's.
+        monotonic_clock_ns: ``CLOCK_MONOTONIC``; ``None`` for the system's.
 
     Returns:
         One entry per GPU, in NVML index order.
@@ -427,6 +558,7 @@ def list_devices() -> tuple[NvmlDeviceInfo, ...]:
     Raises:
         BackendUnavailable: NVML cannot start; the message says what is missing.
     """
+    bases = _time_bases(wall_clock_ns, boot_clock_ns, monotonic_clock_ns)
     nv = _load_pynvml()
     try:
         _RUNTIME.acquire(nv)
@@ -434,29 +566,33 @@ def list_devices() -> tuple[NvmlDeviceInfo, ...]:
         raise _unavailable(exc) from exc
     try:
         gpus = _enumerate(nv)
-        return tuple(_report(nv, gpu) for gpu in gpus)
+        return tuple(_report(nv, gpu, bases) for gpu in gpus)
     except Exception as exc:
         raise _unavailable(exc) from exc
     finally:
         _RUNTIME.release(nv)
 
 
-def _report(nv: Any, gpu: _Gpu) -> NvmlDeviceInfo:
+def _report(nv: Any, gpu: _Gpu, bases: TimeBases) -> NvmlDeviceInfo:
     if gpu.error is not None:
         return NvmlDeviceInfo(gpu.index, gpu.uuid, gpu.name, error=gpu.error)
     calls: dict[str, str] = {}
     state, answer = _probe(nv, gpu.handle, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
     calls["nvmlDeviceGetSamples"] = state
-    period = None
+    period = base = None
     if answer is not None:
-        period = _period_from(sorted(int(s.timeStamp) for s in answer[1] if s.timeStamp), 1)
+        stamps = sorted(int(s.timeStamp) for s in answer[1] if s.timeStamp)
+        cadence = _Cadence()
+        cadence.observe(stamps)
+        period = cadence.shortest
+        base = _detect_base(stamps[-1], bases) if stamps else None
     calls["nvmlDeviceGetUtilizationRates"] = _probe(
         nv, gpu.handle, "nvmlDeviceGetUtilizationRates"
     )[0]
     calls[_ENERGY_CALL] = _probe(nv, gpu.handle, _ENERGY_CALL)[0]
     for call in _PROCESS_CALLS:
         calls[call] = _probe(nv, gpu.handle, call, 0)[0]
-    return NvmlDeviceInfo(gpu.index, gpu.uuid, gpu.name, gpu.mig, period, calls)
+    return NvmlDeviceInfo(gpu.index, gpu.uuid, gpu.name, gpu.mig, period, base, calls)
 
 
 # --------------------------------------------------------------------------- backend
@@ -471,6 +607,9 @@ class NvmlBackend:
             ``gputime run``), or a callable returning the current set.
         wall_clock_ns: The wall clock NVML stamps its samples with; tests
             replace it to stay consistent with a fake tracker clock.
+        boot_clock_ns: ``CLOCK_BOOTTIME``, which some platforms stamp samples
+            with instead (detected per device); ``None`` for the system's.
+        monotonic_clock_ns: ``CLOCK_MONOTONIC``, likewise.
 
     Raises:
         BackendUnavailable: The bindings, the NVML library or the driver is
@@ -484,10 +623,12 @@ class NvmlBackend:
         *,
         child_pids: Collection[int] | Callable[[], Iterable[int]] = (),
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        boot_clock_ns: Callable[[], int] | None = None,
+        monotonic_clock_ns: Callable[[], int] | None = None,
     ) -> None:
         self._nv = _load_pynvml()
         self._child_pids = child_pids
-        self._wall_clock_ns = wall_clock_ns
+        self._time_bases = _time_bases(wall_clock_ns, boot_clock_ns, monotonic_clock_ns)
         try:
             _RUNTIME.ensure(self._nv)
             self._generation = _RUNTIME.generation
@@ -668,24 +809,25 @@ class _Device:
     """Per-device read state of one session."""
 
     __slots__ = (
+        "base",
+        "cadence",
         "dead",
         "energy_base",
         "energy_ok",
         "handle",
+        "heard_at",
         "info",
-        "jitter",
         "lock",
         "lookup",
         "newest_end",
-        "newest_ts",
-        "period",
         "process_call",
+        "rates_checked",
         "rates_ok",
         "samples_ok",
         "utilization",
     )
 
-    def __init__(self, target: _Target) -> None:
+    def __init__(self, target: _Target, now: float) -> None:
         self.info = DeviceInfo(
             id=target.id,
             name=target.gpu.name,
@@ -699,12 +841,15 @@ class _Device:
         self.rates_ok = True
         self.energy_ok = not target.mig
         self.process_call: str | None = None
-        self.period: float | None = None
-        #: See NvmlSession.sample_jitter; None until learned.
-        self.jitter: float | None = None
+        self.cadence = _Cadence()
+        #: The clock the driver stamps samples with; ``None`` until a sample told.
+        self.base: str | None = None
+        #: Tracker time of the newest sample read.
         self.newest_end: float | None = None
-        #: The newest raw NVML timestamp read (wall-clock microseconds).
-        self.newest_ts: int | None = None
+        #: Tracker time of the newest sample, or of the session's opening: the
+        #: driver has been silent since (see _buffer_silent).
+        self.heard_at = now
+        self.rates_checked = -math.inf
         self.energy_base: tuple[float, int] | None = None
         self.dead: NvmlDeviceLostError | None = None
         self.lock = threading.Lock()
@@ -731,8 +876,10 @@ class _NvmlSession:
         self._acquired = True
         self._pid = os.getpid()
         self._generation = _RUNTIME.generation
-        self._map = _ClockMap(clock, backend._wall_clock_ns)
-        self._devs = [_Device(target) for target in targets]
+        # One mapping per clock the devices stamp samples with, made on first use.
+        self._maps: dict[str, _ClockMap] = {}
+        now = clock()
+        self._devs = [_Device(target, now) for target in targets]
         for dev in self._devs:
             self._probe(dev)
         if self._process:
@@ -751,8 +898,12 @@ class _NvmlSession:
 
     @property
     def sample_period(self) -> float:
-        periods = [dev.period for dev in self._devs if dev.period is not None]
-        return max(periods) if periods else _DEFAULT_PERIOD
+        """The longest of the devices' sample periods (1/6 s until learned).
+
+        Where a device's period is not yet certain, its shortest bound: task
+        exits then read the driver as soon as a sample may be new.
+        """
+        return max((dev.cadence.reach for dev in self._devs), default=_DEFAULT_PERIOD)
 
     @property
     def sample_jitter(self) -> float:
@@ -764,7 +915,9 @@ class _NvmlSession:
         device not yet seen sampling. Task exits read the driver only once a
         new sample must be out, so at most about once per sample period.
         """
-        learned = [dev.jitter if dev.jitter is not None else _SLACK for dev in self._devs]
+        learned = [
+            dev.cadence.jitter if dev.cadence.jitter is not None else _SLACK for dev in self._devs
+        ]
         return max(learned, default=_SLACK) + _CLOCK_STEP
 
     def read(self, device: int, since: float) -> Reading:
@@ -814,7 +967,8 @@ class _NvmlSession:
         self._state = threading.Condition(threading.Lock())
         self._reopen_lock = threading.Lock()
         self._inflight = 0
-        self._map._lock = threading.Lock()
+        for mapping in self._maps.values():
+            mapping._lock = threading.Lock()
         for dev in self._devs:
             dev.lock = threading.Lock()
 
@@ -912,8 +1066,19 @@ class _NvmlSession:
 
     def _probe_utilization(self, dev: _Device) -> None:
         try:
-            _type, rows = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
-            dev.period = _period_from(sorted(int(r.timeStamp) for r in rows if r.timeStamp), 1)
+            value_type, rows = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
+            # Whatever the buffer still holds (samples of earlier work, if
+            # any) teaches the period and the clock the driver stamps with.
+            kept = self._clean(
+                ((int(r.timeStamp), _sample_value(value_type, r.sampleValue)) for r in rows),
+                0,
+                self._clock(),
+                dev,
+            )
+            if kept:
+                newest = self._map(dev).to_tracker(kept[-1][0])
+                self._note_newest(dev, newest)
+                dev.heard_at = newest  # silent since that sample, not since the opening
             return
         except NvmlError as exc:
             if exc.code == _NOT_FOUND:
@@ -1011,32 +1176,66 @@ class _NvmlSession:
                 f"({'MIG mode' if dev.info.details['mig'] else 'not supported by the driver'})"
             )
         now = self._clock()
-        self._map.refresh(now)
+        self._map(dev).refresh(now)
+        idle_until: float | None = None
         if self._process:
-            utilization, source = self._read_processes(dev, since, now)
+            utilization, idle_until, source = self._read_processes(dev, since, now)
         elif dev.samples_ok:
-            utilization, source = self._read_samples(dev, since, now)
+            utilization, idle_until, source = self._read_samples(dev, since, now)
         else:
             utilization, source = self._read_rates(dev, now), "utilization-rates"
         power = self._read_power(dev) if dev.energy_ok else ()
-        return Reading(utilization=utilization, power=power, source=source)
+        return Reading(utilization=utilization, power=power, source=source, idle_until=idle_until)
 
-    def _period(self, dev: _Device) -> float:
-        return dev.period if dev.period is not None else _DEFAULT_PERIOD
+    def _map(self, dev: _Device) -> _ClockMap:
+        """The mapping of the clock ``dev`` stamps its samples with (the wall clock until known)."""
+        base = dev.base or "wall"
+        mapping = self._maps.get(base)
+        if mapping is None:
+            mapping = self._maps[base] = _ClockMap(self._clock, self._backend._time_bases[base])
+        return mapping
 
-    def _stale(self, dev: _Device, since: float, now: float) -> bool:
-        """No sample for over two periods: the driver stopped sampling (an idle GPU)."""
-        newest = since if dev.newest_end is None else max(since, dev.newest_end)
-        period = dev.period if dev.period is not None else _MAX_PERIOD
-        return now - newest > 2 * period + _SLACK
+    def _last_seen_us(self, dev: _Device, since: float) -> int:
+        """NVML's ``lastSeenTimeStamp`` for samples newer than ``since``.
 
-    def _idle_claim(self, dev: _Device, now: float) -> Sample:
-        """Idle up to where a sample the driver may still produce could begin."""
-        period = dev.period if dev.period is not None else _MAX_PERIOD
-        return (now - period - _SLACK, 0.0)
+        0 (everything the buffer holds) until a sample showed which clock the
+        driver stamps with: a guess in the wrong clock would hide every sample.
+        """
+        if dev.base is None:
+            return 0
+        return max(0, self._map(dev).to_raw_us(since) - _LOOKBACK_US)
 
-    def _read_samples(self, dev: _Device, since: float, now: float) -> tuple[list[Sample], str]:
-        last_seen = max(0, self._map.to_wall_us(since) - _LOOKBACK_US)
+    def _slack(self, dev: _Device) -> float:
+        """How late a sample may be, and how far off its mapped time."""
+        jitter = dev.cadence.jitter
+        return (jitter if jitter is not None else _SLACK) + self._map(dev).uncertainty
+
+    def _read_samples(
+        self, dev: _Device, since: float, now: float
+    ) -> tuple[list[Sample], float | None, str]:
+        last_seen = self._last_seen_us(dev, since)
+        rows = self._sample_rows(dev, last_seen, now)
+        if rows is None:
+            return self._read_rates(dev, now), None, "utilization-rates"
+        samples = self._newer(dev, rows, since)
+        if not samples and dev.rates_ok and self._buffer_silent(dev, now):
+            # The buffer has been silent for a while: an idle GPU, which the
+            # rates confirm with 0. Anything else means the driver is busy
+            # without recording samples, and silence proves nothing.
+            rates = self._read_rates(dev, now)
+            if rates and rates[0][1]:
+                # A sample may have landed between the two calls: look again.
+                rows = self._sample_rows(dev, last_seen, now) or []
+                samples = self._newer(dev, rows, since)
+                if not samples:
+                    return self._buffer_not_filling(dev, since, now, rates[0][1])
+        utilization, idle_until = self._assemble(dev, since, now, samples, check_overrun=True)
+        return utilization, idle_until, "samples"
+
+    def _sample_rows(
+        self, dev: _Device, last_seen: int, now: float
+    ) -> list[tuple[int, float]] | None:
+        """The buffer's samples newer than ``last_seen``; ``None`` if the device has no buffer."""
         try:
             value_type, raw = self._call(
                 dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, last_seen
@@ -1050,58 +1249,145 @@ class _NvmlSession:
                     "gputime: %s has no utilisation sample buffer; using utilisation rates",
                     dev.info.id,
                 )
-                return self._read_rates(dev, now), "utilization-rates"
+                return None
             if exc.code != _NOT_FOUND:
                 raise
-            value_type, raw = 1, ()
-        rows = self._clean(
+            return []  # nothing newer: routine
+        return self._clean(
             ((int(r.timeStamp), _sample_value(value_type, r.sampleValue)) for r in raw),
             last_seen,
             now,
             dev,
         )
+
+    def _newer(self, dev: _Device, rows: Iterable[tuple[int, float]], since: float) -> list[Sample]:
+        """Rows on the tracker's clock, newer than ``since``."""
+        mapping = self._map(dev)
         # The lookback may bring back the sample ending at ``since``: leave it out.
-        samples: list[Sample] = [
+        return [
             (end, value)
-            for end, value in ((self._map.to_tracker(ts), v) for ts, v in rows)
+            for end, value in ((mapping.to_tracker(ts), v) for ts, v in rows)
             if end > since + _RESOLUTION
         ]
-        if not samples:
-            if self._stale(dev, since, now):
-                if dev.rates_ok:
-                    rates = self._read_rates(dev, now)
-                    if dev.rates_ok:
-                        return rates, "utilization-rates"
-                return [self._idle_claim(dev, now)], "samples"
-            return [], "samples"
-        period = self._period(dev)
-        start = samples[0][0] - period
-        if start - since > period / 2 + _SLACK:
-            # Nothing between ``since`` and the first new sample: either the driver
-            # did not sample (an idle GPU) or its ring buffer overran (lost).
-            samples.insert(0, (start, 0.0 if self._buffer_reaches(dev, last_seen) else None))
-        self._note_newest(dev, samples[-1][0])
-        return samples, "samples"
 
-    def _buffer_reaches(self, dev: _Device, last_seen: int) -> bool:
-        """Whether the driver still holds samples from before ``last_seen`` (no overrun)."""
+    def _assemble(
+        self,
+        dev: _Device,
+        since: float,
+        now: float,
+        samples: list[Sample],
+        *,
+        check_overrun: bool,
+    ) -> tuple[list[Sample], float | None]:
+        """The reading: samples with the idle stretches between them, and the idle claim.
+
+        A sample covers one period before its timestamp. Time before that back
+        to the previous sample (or ``since``) that no sample covers is a stretch
+        the driver took samples of and recorded none: idle, unless the ring
+        buffer may have overrun since ``since`` (then lost, see
+        :meth:`_first_gap`). After the newest sample, every sample stamped up
+        to the read time less the jitter would be visible now: none newer means
+        idle up to one period before that (the claim).
+        """
+        reach = dev.cadence.reach
+        slack = self._slack(dev)
+        reading: list[Sample] = []
+        previous = since
+        for index, (end, value) in enumerate(samples):
+            start = end - reach
+            if start > previous + slack:
+                gap = 0.0 if index or not check_overrun else self._first_gap(dev, since, now)
+                reading.append((start, gap))
+            reading.append((end, value))
+            previous = end
+        if samples:
+            self._note_newest(dev, samples[-1][0])
+        claim = now - dev.cadence.lag - slack
+        return reading, (claim if claim > previous else None)
+
+    def _first_gap(self, dev: _Device, since: float, now: float) -> float | None:
+        """Idle (0.0) or lost (``None``): the stretch from ``since`` to the first new sample.
+
+        Only evidence makes it lost: the driver's ring buffer no longer reaches
+        back to ``since`` although it is full enough to have overrun. A reader
+        fewer than ``_MIN_RING`` samples behind cannot have lost any, and a
+        buffer that holds fewer than that never overran (a freshly booted,
+        mostly idle GPU holds few or none).
+        """
+        if now - since < _MIN_RING * dev.cadence.reach:
+            return 0.0
         try:
-            _type, rows = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
+            _type, raw = self._call(dev, "nvmlDeviceGetSamples", _GPU_UTILIZATION_SAMPLES, 0)
         except NvmlError as exc:
             if isinstance(exc, NvmlDeviceLostError):
                 raise
-            return False  # cannot tell: count the stretch as lost, never as idle
-        return any(0 < int(r.timeStamp) <= last_seen for r in rows)
+            return None  # cannot tell: count the stretch as lost, never as idle
+        stamps = [int(r.timeStamp) for r in raw if int(r.timeStamp) > 0]
+        if len(stamps) < _MIN_RING:
+            return 0.0
+        return 0.0 if min(stamps) <= self._map(dev).to_raw_us(since) else None
+
+    def _buffer_silent(self, dev: _Device, now: float) -> bool:
+        """Whether to confirm idleness with the rates: no sample for over two periods.
+
+        At most once a period per device, so a long idle stretch inside a task
+        costs one extra driver call a period, never one per read.
+        """
+        lag = dev.cadence.lag
+        if now - dev.heard_at <= 2 * lag + _SLACK or now - dev.rates_checked < lag:
+            return False
+        dev.rates_checked = now
+        return True
+
+    def _buffer_not_filling(
+        self, dev: _Device, since: float, now: float, value: float
+    ) -> tuple[list[Sample], float | None, str]:
+        """The rates say busy, the buffer stays empty: read the rates from now on.
+
+        The stretch since ``since`` was not read (its idleness was only
+        inferred from a buffer that does not record); the last period takes
+        the rates' value.
+        """
+        dev.samples_ok = False
+        _log_once(
+            f"notfilling {dev.info.id}",
+            logging.WARNING,
+            "gputime: %s reports %d%% utilisation but records no samples; using "
+            "utilisation rates from now on (figures are 'partial' until then)",
+            dev.info.id,
+            value,
+        )
+        start = now - dev.cadence.lag
+        reading: list[Sample] = [(start, None)] if start > since else []
+        reading.append((now, value))
+        return reading, None, "utilization-rates"
 
     def _clean(
         self, rows: Iterable[tuple[int, float | None]], last_seen: int, now: float, dev: _Device
     ) -> list[tuple[int, float]]:
-        """Drop garbage rows, sort, de-duplicate (the last row of a timestamp wins)."""
-        horizon = self._map.to_wall_us(now + _FUTURE_SLACK)
+        """Drop garbage rows, sort, de-duplicate (the last row of a timestamp wins).
+
+        Also learns the clock the driver stamps with (from the first samples
+        ever seen) and the driver's cadence.
+        """
+        rows = list(rows)
+        plausible = [(ts, v) for ts, v in rows if ts > 0 and v is not None and 0 <= v <= 100]
+        dropped = len(rows) - len(plausible)
+        if dev.base is None and plausible:
+            dev.base = _detect_base(max(ts for ts, _ in plausible), self._backend._time_bases)
+            if dev.base != "wall":
+                _log_once(
+                    f"base {dev.info.id}",
+                    logging.INFO,
+                    "gputime: %s stamps its samples with CLOCK_%s, not the wall clock; "
+                    "mapping through that clock",
+                    dev.info.id,
+                    dev.base.upper(),
+                )
+        horizon = self._map(dev).to_raw_us(now + _FUTURE_SLACK)
         kept: dict[int, float] = {}
-        dropped = 0
-        for ts, value in rows:
-            if ts <= 0 or ts > horizon or value is None or not 0 <= value <= 100:
+        for ts, value in plausible:
+            if ts > horizon:
                 dropped += 1
             elif ts > last_seen:
                 kept[ts] = value
@@ -1114,26 +1400,14 @@ class _NvmlSession:
                 dev.info.id,
             )
         ordered = sorted(kept.items())
-        timestamps = [ts for ts, _ in ordered]
-        period = _period_from(timestamps, 3)
-        if period is not None:
-            dev.period = period
-        if timestamps:
-            # Most reads bring one sample: the jitter is learned across reads.
-            previous = dev.newest_ts
-            if previous is not None and previous < timestamps[0]:
-                timestamps.insert(0, previous)
-            dev.newest_ts = max(timestamps[-1], previous or 0)
-            if dev.period is not None and len(timestamps) > 1:
-                jitter = _jitter_from(timestamps, dev.period)
-                # Decays slowly: one late sample keeps exits careful for a while.
-                dev.jitter = jitter if dev.jitter is None else max(jitter, dev.jitter * 0.9)
+        dev.cadence.observe(ts for ts, _ in ordered)
         return ordered
 
     def _note_newest(self, dev: _Device, end: float) -> None:
         with dev.lock:
             if dev.newest_end is None or end > dev.newest_end:
                 dev.newest_end = end
+            dev.heard_at = max(dev.heard_at, end)
 
     def _read_rates(self, dev: _Device, now: float) -> list[Sample]:
         try:
@@ -1152,13 +1426,20 @@ class _NvmlSession:
             ) from exc
         if not 0 <= value <= 100:
             raise NvmlError("nvmlDeviceGetUtilizationRates", None, dev.info.id, f"{value}%")
-        self._note_newest(dev, now)
         return [(now, float(value))]
 
-    def _read_processes(self, dev: _Device, since: float, now: float) -> tuple[list[Sample], str]:
+    def _read_processes(
+        self, dev: _Device, since: float, now: float
+    ) -> tuple[list[Sample], float | None, str]:
+        """This process's (and its children's) utilisation, from per-process samples.
+
+        The driver lists a process at a sample time only where its utilisation
+        in that period was above zero: a sample time listing other processes
+        only is 0 for us, and no row at all is idleness, as for device samples.
+        """
         call = dev.process_call
         assert call is not None
-        last_seen = max(0, self._map.to_wall_us(since) - _LOOKBACK_US)
+        last_seen = self._last_seen_us(dev, since)
         try:
             raw = self._call(dev, call, last_seen)
         except NvmlError as exc:
@@ -1169,30 +1450,44 @@ class _NvmlSession:
                 raise
             raw = ()
         ours = self._backend._pids()
-        horizon = self._map.to_wall_us(now + _FUTURE_SLACK)
         totals: dict[int, float] = {}
         for row in raw:
             ts, pid, sm = int(row.timeStamp), int(row.pid), int(row.smUtil)
-            if ts <= last_seen or ts > horizon or pid == 0 or sm > 100:
-                continue  # garbage, or older than asked for
+            if pid == 0 or sm > 100:
+                continue  # garbage
             totals[ts] = min(100.0, totals.get(ts, 0.0) + (sm if pid in ours else 0))
+        rows = self._clean(totals.items(), last_seen, now, dev)
         source = "process-utilization-info" if call == _PROCESS_CALLS[0] else "process-utilization"
-        samples: list[Sample] = [
-            (end, value)
-            for end, value in ((self._map.to_tracker(ts), v) for ts, v in sorted(totals.items()))
-            if end > since + _RESOLUTION
-        ]
-        if not samples:
-            if self._stale(dev, since, now):
-                # No process had samples for over two periods: none used the GPU.
-                return [self._idle_claim(dev, now)], source
-            return [], source
-        period = self._period(dev)
-        start = samples[0][0] - period
-        if start - since > period / 2 + _SLACK:
-            samples.insert(0, (start, 0.0))
-        self._note_newest(dev, samples[-1][0])
-        return samples, source
+        samples = self._newer(dev, rows, since)
+        utilization, idle_until = self._assemble(dev, since, now, samples, check_overrun=False)
+        return utilization, idle_until, source
+
+    def resume(self) -> None:
+        """The first task after an idle spell began: take fresh energy baselines.
+
+        Without this the first power figure after the spell would average over
+        the whole spell and the task, crediting the task the idle draw.
+        """
+        with self._state:
+            if self._closed:
+                return
+            self._inflight += 1
+        try:
+            self._ensure_current()
+            for dev in self._devs:
+                if dev.energy_ok and dev.dead is None:
+                    try:
+                        energy = int(self._call(dev, _ENERGY_CALL))
+                    except NvmlError as exc:
+                        self._log_error(exc)  # the next read's delta covers the spell
+                        continue
+                    with dev.lock:
+                        dev.energy_base = (self._clock(), energy)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._state.notify_all()
 
     def _read_power(self, dev: _Device) -> list[Sample]:
         try:
