@@ -196,7 +196,7 @@ class _Channel:
         nothing was ever read.
         """
         last_end = self.last_end
-        if self.idle_until > -math.inf and (last_end is None or self.idle_until >= last_end):
+        if self.idle_until > -math.inf and (last_end is None or self.idle_until > last_end):
             return 0.0
         return self.last_value
 
@@ -506,7 +506,13 @@ class Ledger:
         finally:
             lock.release()
 
-    def end(self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None) -> bool:
+    def end(
+        self,
+        record: TaskRecord,
+        end: float,
+        reads: Sequence[ReadOutcome] | None,
+        timing: tuple[float, float | None] | None = None,
+    ) -> bool:
         """Close a task after its exit read; returns whether no task runs any more.
 
         Args:
@@ -515,6 +521,8 @@ class Ledger:
             reads: One outcome per device, read after ``end``; ``None`` when
                 no read was made (nothing new could have been sampled, see
                 :attr:`fresh_until`).
+            timing: The driver's sample period and jitter as the backend
+                knows them after those reads (see :meth:`ingest`).
         """
         lock = self._lock
         if not lock.acquire(False):  # positional: cheaper than blocking=False
@@ -522,6 +530,8 @@ class Ledger:
         try:
             if self.recorded:
                 self._apply_recorded()
+            if timing is not None:
+                self._period, self._jitter = timing
             return self._end_locked(record, end, reads)
         finally:
             lock.release()
@@ -626,14 +636,6 @@ class Ledger:
         """The driver's sample period."""
         return self._period
 
-    def set_timing(self, period: float, jitter: float | None) -> None:
-        """The driver's sample period and jitter changed (NVML learns them late)."""
-        if period != self._period or jitter != self._jitter:
-            with self._lock:
-                self._period = period
-                self._jitter = jitter
-                self._update_fresh_until()
-
     def wants_reading(self) -> bool:
         """Whether a sampling tick has anything to learn (rule 1: only during tasks)."""
         with self._lock:
@@ -641,11 +643,23 @@ class Ledger:
                 self._apply_recorded()
             return self._active_tasks > 0 or not self._settled()
 
-    def ingest(self, reads: Sequence[ReadOutcome]) -> None:
-        """Apply one sampling tick's reads (one outcome per device)."""
+    def ingest(
+        self, reads: Sequence[ReadOutcome], timing: tuple[float, float | None] | None = None
+    ) -> None:
+        """Apply one sampling tick's reads (one outcome per device).
+
+        Args:
+            reads: One outcome per device.
+            timing: The driver's sample period and jitter as the backend knows
+                them after these reads (NVML learns them from its samples),
+                applied with them, so that the exits that follow skip their
+                reads by what the reads taught.
+        """
         with self._lock:
             if self.recorded:
                 self._apply_recorded()
+            if timing is not None:
+                self._period, self._jitter = timing
             self._ingest(reads)
             self._forget()
 

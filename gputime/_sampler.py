@@ -76,6 +76,9 @@ class SamplerOwner(Protocol):
     def _settle_done(self, deadline: float) -> None:
         """The last read for ``deadline`` was made."""
 
+    def _calibrate_if_due(self) -> None:
+        """Background work of the backend's, due while tasks run (never on a task's path)."""
+
     def _report_fault(self, kind: str, exc: BaseException, where: object = None) -> None:
         """Log a fault once per kind."""
 
@@ -242,4 +245,5 @@ class Sampler:
         if owner is None:
             return None
         owner.poll()
+        owner._calibrate_if_due()
         return 0.0

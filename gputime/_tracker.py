@@ -221,6 +221,14 @@ class Tracker:
         self.backend = resolved
         self._session = session
         self._resume: Callable[[], object] | None = getattr(session, "resume", None)
+        # Optional background work of the session's (NVML: when energy counters step).
+        due, calibrate = (
+            getattr(session, "calibration_due", None),
+            getattr(session, "calibrate", None),
+        )
+        self._calibration: tuple[Callable[[float], bool], Callable[[], object]] | None = (
+            (due, calibrate) if callable(due) and callable(calibrate) else None
+        )
         # Devices that cannot report utilisation (MIG) are never read; the
         # ledger counts them as missing, so figures read partial, never idle.
         self._read_index = tuple(
@@ -336,9 +344,8 @@ class Tracker:
             self._emit_finished()
         if self._closed or not self._device_count or not ledger.wants_reading():
             return
-        # NVML learns a device's sample period from its first samples.
-        self._ledger.set_timing(self._session.sample_period, self._sample_jitter())
-        self._ledger.ingest(self._read_all())
+        reads = self._read_all()
+        ledger.ingest(reads, self._timing())
 
     def on_task_start(self, listener: ListenerT) -> ListenerT:
         """Call ``listener(task)`` when a task starts; usable as a decorator."""
@@ -463,7 +470,7 @@ class Tracker:
                 reads = self._read_all()
             # The last task's end sets the settle deadline; the sampler, awake
             # while tasks ran, finds it at its next tick (no wake: see Sampler).
-            ledger.end(handle, end, reads)
+            ledger.end(handle, end, reads, None if reads is None else self._timing())
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
             self._report_fault("task end", fault)
         if self._finished:
@@ -528,6 +535,15 @@ class Tracker:
                 reads.append(exc)
         return reads
 
+    def _timing(self) -> tuple[float, float | None]:
+        """The driver's period and jitter as the backend knows them now.
+
+        NVML learns them from the samples it reads, so they are taken after
+        each read and applied with it: the exits that follow skip their reads
+        by what that read taught.
+        """
+        return self._session.sample_period, self._sample_jitter()
+
     def _sample_jitter(self) -> float | None:
         # Backends that know when their next sample can appear say so; the
         # others get no read skipped at task exit.
@@ -541,6 +557,23 @@ class Tracker:
 
     def _settle_done(self, deadline: float) -> None:
         self._ledger.settle_done(deadline)
+
+    def _calibrate_if_due(self) -> None:
+        """For the sampler thread, while tasks run: let the session calibrate when it is time.
+
+        NVML watches each energy counter for a few hundred milliseconds once a
+        minute to learn when it steps (see ``docs/nvml.md``): work that must
+        never land on a task's path, so only the sampler thread does it.
+        """
+        calibration = self._calibration
+        if calibration is None or self._closed:
+            return
+        due, calibrate = calibration
+        try:
+            if due(self.clock()):
+                calibrate()
+        except Exception as exc:  # noqa: BLE001 - a driver fault is a reported status
+            self._report_fault("calibrate", exc)
 
     def _notify(self, listeners: tuple[Listener, ...], handle: TaskHandle, kind: str) -> None:
         for listener in listeners:

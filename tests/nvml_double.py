@@ -144,6 +144,10 @@ class FakeGpu:
     injected: list[tuple[int, int]] = field(default_factory=list)
     injected_processes: list[tuple[int, int, int]] = field(default_factory=list)
     energy_base_mj: int = 5_000_000
+    #: The energy counter steps every this many seconds, at whole multiples
+    #: from ``energy_phase``.
+    energy_update: float = _ENERGY_UPDATE
+    energy_phase: float = 0.0
     reverse_order: bool = False
 
 
@@ -298,7 +302,8 @@ class FakeNvml:
         """What the energy counter reads at ``at`` (it moves every 100 ms)."""
         gpu = self.gpus[device]
         now = self.clock() if at is None else at
-        updated = math.floor(now / _ENERGY_UPDATE + 1e-9) * _ENERGY_UPDATE
+        step, phase = gpu.energy_update, gpu.energy_phase
+        updated = phase + math.floor((now - phase) / step + 1e-9) * step
         return gpu.energy_base_mj + round(gpu.power.integral(0.0, updated) * 1000)
 
     def install(self) -> None:

@@ -9,6 +9,7 @@ double's C-callable entry points. The tracker clock is a FakeClock starting at
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -576,14 +577,15 @@ class TestSampling:
             clock.advance(1)
             session = open_session(double, clock)  # learns P from the buffer
             clock.advance(0.1)
-            # Newest sample at 11 s, now 12.1 s: the driver recorded nothing since.
+            # Newest sample at 11 s, now 12.1 s: the driver recorded nothing since,
+            # up to its newest tick (12 s), which the rates confirm idle.
             reading = session.read(0, START + 1.0)
             assert reading.source == "samples"
             assert reading.utilization == []
-            assert reading.idle_until == pytest.approx(START + 2.1 - P, abs=1e-5)
+            assert reading.idle_until == pytest.approx(START + 2.0, abs=1e-5)
             assert double.calls["nvmlDeviceGetUtilizationRates"] == 1  # said 0: idle
             clock.advance(0.05)
-            assert session.read(0, START + 1.0).idle_until == pytest.approx(START + 2.15 - P)
+            assert session.read(0, START + 1.0).idle_until == pytest.approx(START + 2.0, abs=1e-5)
             assert double.calls["nvmlDeviceGetUtilizationRates"] == 1  # not again so soon
             clock.advance(P)
             session.read(0, START + 1.0)
@@ -870,6 +872,76 @@ class TestSampling:
 # --------------------------------------------------------------------------- energy
 
 
+class TestEnergyCounterSteps:
+    """The counter moves in steps; calibration learns when, so energy lands in its own stretch."""
+
+    def test_calibration_learns_the_steps_and_reads_count_as_of_the_last_one(
+        self, clock: FakeClock
+    ):
+        gpu = FakeGpu(0, "GPU-a", energy_update=0.1, energy_phase=0.037)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)
+            assert session.calibration_due(clock())
+            session.calibrate(sleep=clock.advance)
+            assert not session.calibration_due(clock())
+            assert session.calibration_due(clock() + 60.0)
+            # A few hundred ms of reads every 2 ms, in the sampler thread only.
+            assert 50 <= double.calls["nvmlDeviceGetTotalEnergyConsumption"] <= 200
+            ((first, _),) = session.read(0, START).power
+            double.set_power(700.0)
+            clock.advance(0.55)
+            ((end, power),) = session.read(0, START).power
+            # Each read counts as of the counter's newest step, so a power
+            # sample is exactly the energy between two steps.
+            step = 0.037 + math.floor((clock() - 0.037) / 0.1 + 1e-9) * 0.1
+            assert end == pytest.approx(step, abs=1e-6)
+            assert end < clock()
+            energy = double.energy_mj(at=end) - double.energy_mj(at=first)
+            assert power * (end - first) == pytest.approx(energy, rel=1e-6)
+
+    @pytest.mark.parametrize("update", [0.001, None], ids=["fine", "irregular"])
+    def test_fine_or_irregular_counters_are_read_as_they_are(
+        self, clock: FakeClock, update: float | None
+    ):
+        gpu = FakeGpu(0, "GPU-a", energy_update=update or 0.1)
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)
+            steps = iter([0.002, 0.002, 0.002, 0.05, 0.002, 0.002, 0.002])
+
+            def irregular(seconds: float) -> None:
+                # The counter steps 100 ms apart, then 50 ms after (a skipped beat).
+                clock.advance(next(steps, seconds) if update is None else seconds)
+
+            gpu.energy_update = update or 0.1
+            session.calibrate(sleep=clock.advance if update else irregular)
+            double.set_power(300.0)
+            clock.advance(0.5)
+            ((end, _power),) = session.read(0, START).power
+            if update:
+                assert end == clock()  # no correction: the steps are finer than it
+            assert not session.calibration_due(clock())
+
+    def test_a_failing_counter_calibrates_nothing(
+        self, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ):
+        gpu = FakeGpu(0, "GPU-a")
+        with installed(FakeNvml(clock, [gpu])) as double:
+            session = open_session(double, clock)
+            double.fail("nvmlDeviceGetTotalEnergyConsumption", UNKNOWN, times=1)
+            session.calibrate(sleep=clock.advance)
+            assert "nvmlDeviceGetTotalEnergyConsumption" in caplog.text
+            clock.advance(0.5)
+            ((end, _power),) = session.read(0, START).power
+            assert end == clock()
+
+    def test_a_closed_session_does_not_calibrate(self, nvml: FakeNvml, clock: FakeClock):
+        session = open_session(nvml, clock)
+        session.close()
+        calls = nvml.calls["nvmlDeviceGetTotalEnergyConsumption"]
+        session.calibrate(sleep=clock.advance)
+        assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == calls
+
+
 class TestEnergy:
     def test_mean_power_from_counter_deltas(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
@@ -994,10 +1066,10 @@ class TestProcessAttribution:
         clock.advance(0.2)
         reading = session.read(0, START)
         assert is_empty(reading, "process-utilization-info")
-        # No row for any process of ours: idle, up to where a row may still come.
-        assert reading.idle_until == pytest.approx(START + 0.2 - P, abs=1e-5)
+        # No row for any process of ours: idle, up to the driver's newest tick.
+        assert reading.idle_until == pytest.approx(START + P, abs=1e-5)
         clock.advance(0.5)
-        assert session.read(0, START).idle_until == pytest.approx(START + 0.7 - P, abs=1e-5)
+        assert session.read(0, START).idle_until == pytest.approx(START + 4 * P, abs=1e-5)
 
     def test_rows_after_a_pause_start_after_it(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock, attribution="process")

@@ -348,3 +348,42 @@ def test_exits_read_the_driver_at_most_once_per_sample_period(
             assert task.gpu_util_ms == pytest.approx(0.6, abs=0.01)
             # Learned from the driver's timestamps (the double's are exact).
             assert tracker._session.sample_jitter < 0.005  # type: ignore[attr-defined]
+
+
+def test_a_fresh_gpu_is_asked_once_whether_its_first_busy_sample_is_still_the_newest(
+    clock: FakeClock, model: str
+):
+    # Until the period is known a claim waits for a 1 s period; the rates tell
+    # at once that the driver has since taken an idle sample.
+    double = FakeNvml(clock, 1, model=model)
+    with installed(double), tracker_on(double, clock) as tracker:
+        with tracker.gpu_task("first") as task:
+            clock.advance(0.5)
+            tracker.poll()
+            double.set_utilization(100)
+            clock.advance(P)
+            double.set_utilization(0)
+            clock.advance(0.25)
+        assert task.gpu_util_ms == pytest.approx(1000 * P, abs=1.0)
+        assert task.status == "ok"
+        if model == "no-idle-samples":
+            assert double.calls["nvmlDeviceGetUtilizationRates"] == 1
+
+
+def test_the_sampler_thread_learns_when_the_energy_counter_steps():
+    # A real clock and the real threaded sampler: the calibration (a few
+    # hundred ms of counter reads) runs there, never on a task's path.
+    import time
+
+    start = time.monotonic()
+    double = FakeNvml(lambda: time.monotonic() - start, 1)  # type: ignore[arg-type]
+    with installed(double):
+        backend = NvmlBackend(**double.backend_clocks())
+        with Tracker(backend=backend, clock=double.clock, interval=0.05) as tracker:
+            session = tracker._session
+            with tracker.gpu_task("calibrated"):
+                deadline = time.monotonic() + 10.0
+                while session.calibration_due(double.clock()) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert not session.calibration_due(double.clock())
+            assert session._devs[0].counter.period == pytest.approx(0.1, abs=0.01)

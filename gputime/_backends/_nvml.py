@@ -111,6 +111,16 @@ _CLOCK_STEP = 0.002
 _RESOLUTION = 1e-6
 #: The energy counter updates every ~100 ms; unchanged for this long, it is stuck.
 _ENERGY_STALL = 1.0
+#: Calibrating an energy counter (see _CounterClock): read it this often...
+_CALIBRATE_STEP = 0.002
+#: ...for at most this long (counters step every 10 to 100 ms on the GPUs seen)...
+_CALIBRATE_FOR = 1.0
+#: ...and again this often while tasks run, to follow the drift between the
+#: GPU's timer and the host's clock.
+_RECALIBRATE = 60.0
+#: Counters that step this often or more need no correction (it would be below this).
+_COUNTER_FINE = 0.005
+
 #: How long ``close`` waits for reads still inside NVML before shutting it down.
 _CLOSE_WAIT = 5.0
 #: Where this process's PID namespace is named.
@@ -297,6 +307,14 @@ class _ClockMap:
         self._lock = threading.Lock()
         self._anchor_ns, self._anchor_t, self.uncertainty = self._measure()
         self._checked = self._anchor_t
+        #: How far the clock drifted from the anchor at the last refresh: held
+        #: below ``_CLOCK_STEP``, it is what the mapping may be off by now.
+        self.drift = 0.0
+
+    @property
+    def error(self) -> float:
+        """What a mapped time may be off by: the measurement's and the drift since."""
+        return self.uncertainty + abs(self.drift)
 
     def _measure(self) -> tuple[int, float, float]:
         best: tuple[int, float, float] | None = None
@@ -321,6 +339,8 @@ class _ClockMap:
             if abs(drift) > _CLOCK_STEP + half + self.uncertainty:
                 _logger.debug("gputime: wall clock moved by %.6f s; NVML times re-anchored", -drift)
                 self._anchor_ns, self._anchor_t, self.uncertainty = wall, mid, half
+                drift = 0.0
+            self.drift = drift
 
     def to_tracker(self, wall_us: int) -> float:
         return self._anchor_t + (wall_us * 1000 - self._anchor_ns) / 1e9
@@ -490,6 +510,11 @@ class _Cadence:
         if len(intervals) >= _JITTER_MIN_INTERVALS:
             period = self.shortest
             self.jitter = max(abs(i - round(i / period) * period) for i in intervals)
+
+    @property
+    def certain(self) -> bool:
+        """Whether the period is known (seen twice), not just bounded."""
+        return self.shortest is not None and self.shortest == self.longest
 
     @property
     def reach(self) -> float:
@@ -805,12 +830,59 @@ def in_initial_pid_namespace(link: str = _PID_NAMESPACE) -> bool | None:
 # --------------------------------------------------------------------------- session
 
 
+class _CounterClock:
+    """When a device's energy counter steps, learned by watching it closely.
+
+    The counter does not count continuously: it moves in steps (every ~100 ms
+    on many GPUs, every ~10 ms on others), and a read returns the value as of
+    the newest step. So the energy between two reads belongs to the stretch
+    between their steps, not between the reads, and a whole step's energy
+    (70 J at 700 W and 100 ms) would land in the wrong task. Zeus-style
+    begin/end reads carry that error at both ends of every window.
+    :meth:`_NvmlSession.calibrate` watches the counter until it stepped three
+    times, evenly; from then on a read at ``t`` counts as of the newest step
+    at or before ``t``. Counters that step irregularly, or finer than
+    ``_COUNTER_FINE``, are read as they are.
+    """
+
+    __slots__ = ("calibrated_at", "period", "step_at")
+
+    def __init__(self) -> None:
+        #: Seconds between steps; ``None``: read the counter as it is.
+        self.period: float | None = None
+        #: Tracker time of one step.
+        self.step_at = 0.0
+        self.calibrated_at = -math.inf
+
+    def as_of(self, t: float) -> float:
+        """The time the counter's value at ``t`` is from: its newest step at or before ``t``."""
+        period = self.period
+        if period is None:
+            return t
+        return self.step_at + math.floor((t - self.step_at) / period + 1e-9) * period
+
+    def learn(self, steps: Sequence[float], now: float) -> None:
+        """Adopt the steps seen while watching (at least three, evenly spaced), or none."""
+        self.calibrated_at = now
+        if len(steps) < 3:
+            self.period = None
+            return
+        first, second = steps[1] - steps[0], steps[2] - steps[1]
+        even = abs(first - second) <= 2 * _CALIBRATE_STEP + 0.05 * max(first, second)
+        if not even or min(first, second) < _COUNTER_FINE:
+            self.period = None
+            return
+        self.period = (steps[2] - steps[0]) / 2
+        self.step_at = steps[2]
+
+
 class _Device:
     """Per-device read state of one session."""
 
     __slots__ = (
         "base",
         "cadence",
+        "counter",
         "dead",
         "energy_base",
         "energy_ok",
@@ -820,6 +892,7 @@ class _Device:
         "lock",
         "lookup",
         "newest_end",
+        "newest_value",
         "process_call",
         "rates_checked",
         "rates_ok",
@@ -842,14 +915,17 @@ class _Device:
         self.energy_ok = not target.mig
         self.process_call: str | None = None
         self.cadence = _Cadence()
+        self.counter = _CounterClock()
         #: The clock the driver stamps samples with; ``None`` until a sample told.
         self.base: str | None = None
-        #: Tracker time of the newest sample read.
+        #: Tracker time and value of the newest sample read.
         self.newest_end: float | None = None
+        self.newest_value: float | None = None
         #: Tracker time of the newest sample, or of the session's opening: the
         #: driver has been silent since (see _buffer_silent).
         self.heard_at = now
         self.rates_checked = -math.inf
+        #: The last counter read: (tracker time of the read, mJ).
         self.energy_base: tuple[float, int] | None = None
         self.dead: NvmlDeviceLostError | None = None
         self.lock = threading.Lock()
@@ -910,15 +986,18 @@ class _NvmlSession:
         """How much later than one period after the newest sample the next may be visible.
 
         Learned per device from the driver's own timestamps (the largest
-        deviation of consecutive samples from the period, decaying slowly),
-        plus what the wall-clock mapping may be off by; ``_SLACK`` for a
-        device not yet seen sampling. Task exits read the driver only once a
-        new sample must be out, so at most about once per sample period.
+        deviation of recent intervals from whole periods), plus what the
+        clock mapping may be off by now (its measurement, and the drift seen
+        since it was anchored); ``_SLACK`` for a device not yet seen sampling.
+        Task exits read the driver only once a new sample must be out, so at
+        most about once per sample period.
         """
         learned = [
-            dev.cadence.jitter if dev.cadence.jitter is not None else _SLACK for dev in self._devs
+            (dev.cadence.jitter if dev.cadence.jitter is not None else _SLACK)
+            + self._map(dev).error
+            for dev in self._devs
         ]
-        return max(learned, default=_SLACK) + _CLOCK_STEP
+        return max(learned, default=_SLACK)
 
     def read(self, device: int, since: float) -> Reading:
         """Read one device's samples newer than ``since`` (tracker seconds).
@@ -1077,7 +1156,7 @@ class _NvmlSession:
             )
             if kept:
                 newest = self._map(dev).to_tracker(kept[-1][0])
-                self._note_newest(dev, newest)
+                self._note_newest(dev, newest, kept[-1][1])
                 dev.heard_at = newest  # silent since that sample, not since the opening
             return
         except NvmlError as exc:
@@ -1219,18 +1298,51 @@ class _NvmlSession:
             return self._read_rates(dev, now), None, "utilization-rates"
         samples = self._newer(dev, rows, since)
         if not samples and dev.rates_ok and self._buffer_silent(dev, now):
-            # The buffer has been silent for a while: an idle GPU, which the
-            # rates confirm with 0. Anything else means the driver is busy
-            # without recording samples, and silence proves nothing.
+            # Silent for a while: an idle GPU, which the rates confirm with 0
+            # (they report the newest sample the driver took, recorded or not).
+            # Anything else is a busy GPU whose buffer records nothing, unless
+            # a sample landed between the two calls: look once more.
             rates = self._read_rates(dev, now)
             if rates and rates[0][1]:
-                # A sample may have landed between the two calls: look again.
                 rows = self._sample_rows(dev, last_seen, now) or []
                 samples = self._newer(dev, rows, since)
                 if not samples:
                     return self._buffer_not_filling(dev, since, now, rates[0][1])
         utilization, idle_until = self._assemble(dev, since, now, samples, check_overrun=True)
+        if dev.rates_ok and self._unsure_after_busy(dev, now, idle_until):
+            rates = self._read_rates(dev, now)
+            if rates and not rates[0][1] and dev.newest_end is not None:
+                # The newest sample was busy and the newest the driver took is
+                # not: that one came a period later (at least a shortest one),
+                # and the time up to it was idle.
+                cadence = dev.cadence
+                confirmed = dev.newest_end + (
+                    cadence.reach if cadence.certain else _SHORTEST_PERIOD
+                )
+                if idle_until is None or confirmed > idle_until:
+                    idle_until = confirmed
         return utilization, idle_until, "samples"
+
+    def _unsure_after_busy(self, dev: _Device, now: float, claim: float | None) -> bool:
+        """Whether to ask the rates if the busy newest sample is still the newest one.
+
+        Until the driver's period and jitter are known, a claim waits for the
+        longest period a sample may take, and meanwhile a task's tail takes the
+        newest sample's busy value although the driver may since have taken
+        an idle one (a freshly booted GPU after its first busy samples; any GPU
+        in the jitter window after a tick). The rates tell at once. Asked only
+        in that window, at most once a shortest period.
+        """
+        newest = dev.newest_end
+        if newest is None or not dev.newest_value:
+            return False
+        reach = dev.cadence.reach
+        next_tick = newest + (reach if dev.cadence.certain else _SHORTEST_PERIOD)
+        claimed = claim is not None and claim >= next_tick
+        if now < next_tick or claimed or now - dev.rates_checked < _SHORTEST_PERIOD:
+            return False
+        dev.rates_checked = now
+        return True
 
     def _sample_rows(
         self, dev: _Device, last_seen: int, now: float
@@ -1287,7 +1399,9 @@ class _NvmlSession:
         buffer may have overrun since ``since`` (then lost, see
         :meth:`_first_gap`). After the newest sample, every sample stamped up
         to the read time less the jitter would be visible now: none newer means
-        idle up to one period before that (the claim).
+        idle up to one (longest) period before that, and, once the period is
+        known, up to the newest tick of the driver's grid visible by now (the
+        claim).
         """
         reach = dev.cadence.reach
         slack = self._slack(dev)
@@ -1301,9 +1415,22 @@ class _NvmlSession:
             reading.append((end, value))
             previous = end
         if samples:
-            self._note_newest(dev, samples[-1][0])
+            self._note_newest(dev, *samples[-1])
         claim = now - dev.cadence.lag - slack
-        return reading, (claim if claim > previous else None)
+        newest = dev.newest_end
+        if dev.cadence.certain and newest is not None:
+            # The period known, the driver's grid runs on from the newest
+            # sample: every tick visible by now (at most the jitter ago) was
+            # taken and recorded nothing, so idle up to the newest of them.
+            ticks = math.floor((now - slack - newest) / reach)
+            if ticks >= 1:
+                claim = max(claim, newest + ticks * reach)
+        if samples and claim <= previous:
+            return reading, None  # the newest sample says more than the claim
+        # Without new samples even a claim that reaches no further than
+        # ``since`` says something: the newest reading is idleness, so a
+        # task's tail is idle (a buffer that never held a sample included).
+        return reading, claim
 
     def _first_gap(self, dev: _Device, since: float, now: float) -> float | None:
         """Idle (0.0) or lost (``None``): the stretch from ``since`` to the first new sample.
@@ -1403,10 +1530,10 @@ class _NvmlSession:
         dev.cadence.observe(ts for ts, _ in ordered)
         return ordered
 
-    def _note_newest(self, dev: _Device, end: float) -> None:
+    def _note_newest(self, dev: _Device, end: float, value: float | None) -> None:
         with dev.lock:
             if dev.newest_end is None or end > dev.newest_end:
-                dev.newest_end = end
+                dev.newest_end, dev.newest_value = end, value
             dev.heard_at = max(dev.heard_at, end)
 
     def _read_rates(self, dev: _Device, now: float) -> list[Sample]:
@@ -1489,6 +1616,56 @@ class _NvmlSession:
                 if not self._inflight:
                     self._state.notify_all()
 
+    def calibration_due(self, now: float) -> bool:
+        """Whether an energy counter has not been watched (see :meth:`calibrate`) for a while."""
+        return any(
+            dev.energy_ok and dev.dead is None and now - dev.counter.calibrated_at >= _RECALIBRATE
+            for dev in self._devs
+        )
+
+    def calibrate(self, sleep: Callable[[float], object] = time.sleep) -> None:
+        """Learn when each energy counter steps (see :class:`_CounterClock`).
+
+        Reads each counter every ``_CALIBRATE_STEP`` seconds until it stepped
+        three times, for at most ``_CALIBRATE_FOR``: a few hundred driver calls
+        over a few hundred milliseconds, so only the sampler thread calls this,
+        while tasks run, once a ``_RECALIBRATE`` period. Failures leave the
+        counter read as it is.
+        """
+        with self._state:
+            if self._closed:
+                return
+            self._inflight += 1
+        try:
+            self._ensure_current()
+            for dev in self._devs:
+                if dev.energy_ok and dev.dead is None:
+                    self._watch_counter(dev, sleep)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._state.notify_all()
+
+    def _watch_counter(self, dev: _Device, sleep: Callable[[float], object]) -> None:
+        steps: list[float] = []
+        try:
+            before, value = self._clock(), int(self._call(dev, _ENERGY_CALL))
+            deadline = before + _CALIBRATE_FOR
+            # Bounded in reads too: a clock that does not move must not hold us.
+            for _ in range(round(_CALIBRATE_FOR / _CALIBRATE_STEP)):
+                sleep(_CALIBRATE_STEP)
+                now, seen = self._clock(), int(self._call(dev, _ENERGY_CALL))
+                if seen != value:
+                    steps.append((before + now) / 2)  # it stepped between the two reads
+                before, value = now, seen
+                if len(steps) == 3 or now >= deadline:
+                    break
+        except NvmlError as exc:
+            self._log_error(exc)
+            steps = []
+        dev.counter.learn(steps, self._clock())
+
     def _read_power(self, dev: _Device) -> list[Sample]:
         try:
             energy = int(self._call(dev, _ENERGY_CALL))
@@ -1498,25 +1675,29 @@ class _NvmlSession:
             # The counter is cumulative: the next good read covers this stretch too.
             self._log_error(exc)
             return []
-        at = self._clock()
+        read_at = self._clock()
+        # Bases keep the read's own time, mapped when used: a calibration
+        # learned since then applies to them too.
+        as_of = dev.counter.as_of
+        at = as_of(read_at)
         with dev.lock:
             base = dev.energy_base
-            if base is None or at <= base[0]:
+            if base is None or at <= as_of(base[0]):
                 if base is None:
-                    dev.energy_base = (at, energy)
+                    dev.energy_base = (read_at, energy)
                 return []
-            elapsed = at - base[0]
+            elapsed = at - as_of(base[0])
             if energy < base[1]:
-                dev.energy_base = (at, energy)  # counter restarted (driver reload)
+                dev.energy_base = (read_at, energy)  # counter restarted (driver reload)
                 return [(at, None)]
             if energy == base[1]:
                 if elapsed < _ENERGY_STALL:
                     # The counter updates every ~100 ms: wait for it rather than
                     # report 0 for a stretch shorter than its update period.
                     return []
-                dev.energy_base = (at, energy)
+                dev.energy_base = (read_at, energy)
                 return [(at, None)]
-            dev.energy_base = (at, energy)
+            dev.energy_base = (read_at, energy)
         return [(at, (energy - base[1]) / elapsed)]  # mJ / s = mW
 
 
