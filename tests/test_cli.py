@@ -2,7 +2,8 @@
 
 Commands run as a user runs them (``python -m gputime ...`` in a subprocess)
 wherever what is checked is what a user sees: exit status, stdout against
-stderr, usage text, a terminal against a pipe, Ctrl-C.
+stderr, usage text, a terminal against a pipe, Ctrl-C. ``gputime run`` has
+its own file.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def test_an_unknown_command_shows_the_top_level_usage():
         (["devices", "--jsn"], "usage: gputime devices", "unrecognized arguments: --jsn"),
         (["demo", "--seconds", "abc"], "usage: gputime demo", "invalid float value"),
         (["demo", "--seconds", "0"], "usage: gputime demo", "--seconds must be in (0, 3600]"),
+        (["run", "--bogus", "-s", "x", "--", "true"], "usage: gputime run", "--bogus"),
+        (["run", "-s", "x"], "usage: gputime run", "no command given"),
     ],
 )
 def test_a_bad_subcommand_option_shows_that_subcommands_usage(

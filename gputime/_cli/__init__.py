@@ -1,4 +1,4 @@
-"""The ``gputime`` command line: ``devices``, ``demo``.
+"""The ``gputime`` command line: ``run``, ``devices``, ``demo``.
 
 One module per command, each with ``NAME``, ``add_parser(subcommands)`` and
 ``run(args, parser) -> exit status``. Conventions shared by all: results on
@@ -16,22 +16,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
 
-from gputime._cli import demo, devices
+from gputime._cli import demo, devices, run
 from gputime._cli._common import EXIT_INTERRUPTED, EXIT_USAGE, HelpFormatter, error
 from gputime._version import __version__
 
 __all__ = ["main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS: tuple[ModuleType, ...] = (devices, demo)
+COMMANDS: tuple[ModuleType, ...] = (run, devices, demo)
 
 EPILOG = """\
 examples:
+  gputime run -s nmt -- python translate.py    # one command's GPU time, like time
   gputime devices --json                       # what NVML sees, machine-readable
   gputime demo --seconds 10                    # a simulated workload, no GPU needed
 
-exit status of gputime's own failures: 1 no GPU where one is required, 2 usage
-error, 130 interrupted (Ctrl-C).
+exit status: gputime run exits with the command's status. gputime's own failures:
+1 no GPU where one is required, 2 usage error, 130 interrupted (Ctrl-C).
 """
 
 
@@ -71,7 +72,20 @@ def _parse(
     parsers: dict[str, argparse.ArgumentParser],
     arguments: list[str],
 ) -> argparse.Namespace:
-    """Parse, with usage errors from the subcommand."""
+    """Parse, with ``run``'s command taken as given and usage errors from the subcommand.
+
+    ``gputime run -s nmt -- CMD ...``: everything after the first ``--`` is the
+    command, untouched, whatever argparse version would make of a ``--`` or
+    of options in it. A ``--`` that comes after the command started belongs
+    to the command.
+    """
+    if "--" in arguments:
+        split = arguments.index("--")
+        args, extras = parser.parse_known_args(arguments[:split])
+        if args.subcommand == run.NAME and not args.command:
+            _no_extras(parsers[args.subcommand], extras)
+            args.command = arguments[split + 1 :]
+            return args
     args, extras = parser.parse_known_args(arguments)
     _no_extras(parsers[args.subcommand], extras)
     return args
