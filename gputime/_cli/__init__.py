@@ -1,10 +1,10 @@
-"""The ``gputime`` command line: ``run``, ``devices``, ``demo``.
+"""The ``gputime`` command line: ``run``, ``watch``, ``devices``, ``demo``.
 
 One module per command, each with ``NAME``, ``add_parser(subcommands)`` and
 ``run(args, parser) -> exit status``. Conventions shared by all: results on
 stdout, everything else (errors, warnings, progress, ``run``'s summary) on
 stderr; gputime's own failures exit 1 (no GPU where one is required), 2 (usage),
-130 (interrupted).
+3 (an optional extra missing), 4 (a metrics endpoint unreadable), 130 (interrupted).
 """
 
 from __future__ import annotations
@@ -16,23 +16,25 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
 
-from gputime._cli import demo, devices, run
+from gputime._cli import demo, devices, run, watch
 from gputime._cli._common import EXIT_INTERRUPTED, EXIT_USAGE, HelpFormatter, error
 from gputime._version import __version__
 
 __all__ = ["main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS: tuple[ModuleType, ...] = (run, devices, demo)
+COMMANDS: tuple[ModuleType, ...] = (run, watch, devices, demo)
 
 EPILOG = """\
 examples:
   gputime run -s nmt -- python translate.py    # one command's GPU time, like time
+  gputime watch localhost:9464                 # live table of a process's services
   gputime devices --json                       # what NVML sees, machine-readable
   gputime demo --seconds 10                    # a simulated workload, no GPU needed
 
 exit status: gputime run exits with the command's status. gputime's own failures:
-1 no GPU where one is required, 2 usage error, 130 interrupted (Ctrl-C).
+1 no GPU where one is required, 2 usage error, 3 an optional extra is missing,
+4 a metrics endpoint cannot be read, 130 interrupted (Ctrl-C).
 """
 
 
