@@ -2,8 +2,8 @@
 
 Commands run as a user runs them (``python -m gputime ...`` in a subprocess)
 wherever what is checked is what a user sees: exit status, stdout against
-stderr, usage text, a terminal against a pipe, Ctrl-C. ``gputime run`` has
-its own file.
+stderr, usage text, a terminal against a pipe, Ctrl-C. ``gputime run`` and
+``gputime watch`` have their own files.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,8 @@ def test_an_unknown_command_shows_the_top_level_usage():
         (["devices", "--jsn"], "usage: gputime devices", "unrecognized arguments: --jsn"),
         (["demo", "--seconds", "abc"], "usage: gputime demo", "invalid float value"),
         (["demo", "--seconds", "0"], "usage: gputime demo", "--seconds must be in (0, 3600]"),
+        (["watch", "--interval", "0"], "usage: gputime watch", "must be a number of seconds > 0"),
+        (["watch", "--bogus"], "usage: gputime watch", "unrecognized arguments: --bogus"),
         (["run", "--bogus", "-s", "x", "--", "true"], "usage: gputime run", "--bogus"),
         (["run", "-s", "x"], "usage: gputime run", "no command given"),
     ],
@@ -367,3 +370,64 @@ def test_ctrl_c_ends_the_demo_at_once_with_130_and_no_traceback():
     assert process.returncode == 130
     assert took < 3  # at once, not at the end of the 60 s
     assert stderr == "gputime demo: interrupted\n"
+
+
+# --------------------------------------------------------------------------- in this process
+
+
+def test_demo_command_in_process(capsys: pytest.CaptureFixture[str]):
+    assert main(["demo", "--seconds", "0.3"]) == 0
+    output = capsys.readouterr()
+    assert output.out.startswith("gputime demo: 4 services on a simulated GPU for 0.3 s")
+    assert "yourtts" in output.out
+    assert output.err == ""
+
+
+def test_sigint_in_process_ends_the_demo_and_restores_the_handler(
+    capsys: pytest.CaptureFixture[str],
+):
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    began = time.monotonic()
+    try:
+        assert main(["demo", "--seconds", "30"]) == 130
+    finally:
+        timer.cancel()
+    assert time.monotonic() - began < 5
+    assert capsys.readouterr().err == "gputime demo: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["watch", "--interval", "abc"], "'abc' is not a number of seconds"),
+        (["run", "-s", "x"], "no command given"),
+    ],
+)
+def test_usage_errors_in_process(capsys: pytest.CaptureFixture[str], args: list[str], message: str):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"usage: gputime {args[0]}" in err
+    assert message in err
+
+
+def test_an_output_folder_that_cannot_be_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    # As root every folder is writable: os.access says what it would say to a user.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert main(["run", "-s", "x", "--json", str(tmp_path / "run.json"), "--", "true"]) == 2
+    assert f"cannot write in {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(nvml_present(), reason="an NVIDIA driver is present")
+def test_devices_without_a_gpu_in_process(capsys: pytest.CaptureFixture[str]):
+    assert main(["devices", "--json"]) == 1
+    output = capsys.readouterr()
+    assert output.out == ""
+    assert "no NVIDIA GPU can be measured" in output.err

@@ -604,3 +604,23 @@ def test_descendants_are_looked_for_between_reads(
     status, _ = gputime_run(tmp_path, "-s", "nmt", command=python("import time; time.sleep(0.5)"))
     assert status == 0
     assert len(refreshed) >= 2
+
+
+def test_a_signal_after_the_command_started_is_passed_on():
+    forwarder = run_command._Forwarder()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        forwarder.attach(child)
+        forwarder(signal.SIGTERM, None)
+        assert child.wait(timeout=TIMEOUT) == -signal.SIGTERM
+
+
+def test_a_sigint_the_terminal_already_sent_is_not_sent_again(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(run_command, "terminal_reached", lambda pid: True)
+    forwarder = run_command._Forwarder()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        forwarder.attach(child)
+        forwarder(signal.SIGINT, None)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.3)  # still running: it got no SIGINT from gputime
+        forwarder(signal.SIGTERM, None)  # SIGTERM always goes
+        assert child.wait(timeout=TIMEOUT) == -signal.SIGTERM
