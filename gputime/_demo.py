@@ -81,6 +81,7 @@ def run_demo(
     stop: threading.Event | None = None,
     progress: Callable[[float, Mapping[str, ServiceStats]], object] | None = None,
     tracker_options: Mapping[str, Any] | None = None,
+    finish: Callable[[Tracker, dict[str, ServiceStats]], object] | None = None,
 ) -> dict[str, ServiceStats]:
     """Run the workload for about ``seconds`` and print a per-service table.
 
@@ -94,6 +95,9 @@ def run_demo(
         progress: Called about every 0.2 s with the seconds elapsed and the
             figures so far.
         tracker_options: Further keyword arguments for the demo's ``Tracker``.
+        finish: Called with the tracker, still open, and the final figures
+            once the workload ended (not where ``stop`` was set), before the
+            table is printed: where the command line writes its output files.
 
     Returns:
         The final per-service figures (those so far, where ``stop`` was set).
@@ -178,6 +182,8 @@ def run_demo(
             time.sleep(gpu.sample_period + 0.15)
             tracker.poll()
         stats = tracker.stats()
+        if finish is not None and not interrupted:
+            finish(tracker, stats)
     if interrupted:
         return stats
     print_table(stats, out=out)

@@ -431,3 +431,34 @@ def test_devices_without_a_gpu_in_process(capsys: pytest.CaptureFixture[str]):
     output = capsys.readouterr()
     assert output.out == ""
     assert "no NVIDIA GPU can be measured" in output.err
+
+
+@pytest.mark.parametrize("command", ["demo", "run"])
+def test_an_output_is_one_entry(
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    """How ``--trace`` and ``--plot`` are to be added: an option, a writer, tracker options."""
+    from gputime._cli import demo, run
+    from gputime._cli._common import Output
+
+    module = {"demo": demo, "run": run}[command]
+    seen: list[tuple[float, bool]] = []
+
+    def write(path: str, result: object) -> None:
+        tracker = result.tracker  # type: ignore[attr-defined]
+        seen.append((tracker.threshold, tracker.closed))
+        Path(path).write_text("written")
+
+    dump = Output("--dump-it", "a test output", write, tracker_options={"threshold": 5.0})
+    monkeypatch.setattr(module, "OUTPUTS", (*module.OUTPUTS, dump))
+    path = tmp_path / "out.txt"
+    args = ["--seconds", "0.2"] if command == "demo" else ["-s", "x", "--", "true"]
+    assert main([command, "--dump-it", str(path), *args]) == 0
+    assert path.read_text() == "written"
+    assert seen == [(5.0, False)]  # the tracker had the output's options, and was open
+    capsys.readouterr()
+    assert main([command, "--help"]) == 0
+    assert "--dump-it PATH" in capsys.readouterr().out

@@ -8,8 +8,9 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gputime._cli._common import (
     EXIT_INTERRUPTED,
@@ -23,7 +24,10 @@ from gputime._cli._common import (
     write_outputs,
 )
 from gputime._cli._progress import Progress
-from gputime._ledger import ServiceStats
+
+if TYPE_CHECKING:
+    from gputime._ledger import ServiceStats
+    from gputime._tracker import Tracker
 
 NAME = "demo"
 MAX_SECONDS = 3600.0
@@ -34,8 +38,22 @@ examples:
   gputime demo --seconds 60 --seed 3 # longer; progress on the terminal (stderr)
 """
 
-#: Files ``gputime demo`` can write (``--trace`` and ``--plot`` are to come).
-OUTPUTS: tuple[Output[Mapping[str, ServiceStats]], ...] = ()
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo's output files are written from.
+
+    Attributes:
+        stats: The final per-service figures.
+        tracker: The demo's tracker, still open while outputs are written.
+    """
+
+    stats: Mapping[str, ServiceStats]
+    tracker: Tracker
+
+
+#: Files ``gputime demo`` can write (``--trace`` and ``--plot`` are to come, one entry each).
+OUTPUTS: tuple[Output[DemoResult], ...] = ()
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -84,17 +102,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         tasks = sum(s.task_count for s in stats.values())
         progress.update(elapsed, f"{tasks} tasks")
 
+    def finish(tracker: Tracker, stats: dict[str, ServiceStats]) -> None:
+        progress.close()  # before any message about an output file
+        write_outputs(NAME, args, OUTPUTS, DemoResult(stats, tracker))
+
     # The table waits until the progress line is erased: both share the terminal.
     table = io.StringIO()
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        stats = run_demo(
+        run_demo(
             args.seconds,
             seed=args.seed,
             out=table,
             stop=stop,
             progress=show if progress.enabled else None,
             tracker_options=tracker_options(args, OUTPUTS),
+            finish=finish,
         )
     finally:
         progress.close()
@@ -103,5 +126,4 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("gputime demo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     sys.stdout.write(table.getvalue())
-    write_outputs(NAME, args, OUTPUTS, stats)
     return EXIT_OK
