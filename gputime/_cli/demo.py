@@ -26,8 +26,7 @@ from gputime._cli._common import (
 from gputime._cli._progress import Progress
 
 if TYPE_CHECKING:
-    from gputime._ledger import ServiceStats
-    from gputime._tracker import Tracker
+    from gputime import ServiceStats, Tracker
 
 NAME = "demo"
 MAX_SECONDS = 3600.0

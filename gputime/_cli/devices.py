@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from gputime import BackendUnavailable
 from gputime._cli._common import EXIT_NO_GPU, EXIT_OK, HelpFormatter, describe, error
 from gputime._version import __version__
 
@@ -43,7 +44,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """List the devices; exit status 1 where no GPU can be measured."""
-    from gputime._backends import BackendUnavailable  # noqa: PLC0415 - keeps start-up light
     from gputime._backends._nvml import list_devices  # noqa: PLC0415 - loads NVML only here
 
     try:

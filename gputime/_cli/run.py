@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from gputime import BackendUnavailable, TaskHandle, Tracker
 from gputime._cli._common import (
     EXIT_CANNOT_EXECUTE,
     EXIT_NOT_FOUND,
@@ -43,7 +44,6 @@ from gputime._cli._proctree import ProcessTree
 
 if TYPE_CHECKING:
     from gputime._backends import Attribution, Backend
-    from gputime._tracker import TaskHandle, Tracker
 
 NAME = "run"
 ATTRIBUTIONS = ("process", "device", "split")
@@ -206,8 +206,6 @@ def open_tracker(
     Never raises for want of a GPU: without one (or where measuring fails to
     start) the tracker measures nothing and the attribution is ``None``.
     """
-    from gputime._tracker import Tracker  # noqa: PLC0415 - keeps start-up light
-
     notes: list[str] = []
     try:
         tracker, attribution = _measuring_tracker(args, tree, options, notes)
@@ -224,9 +222,6 @@ class _UnmeasuredError(Exception):
 def _measuring_tracker(
     args: argparse.Namespace, tree: ProcessTree, options: Mapping[str, Any], notes: list[str]
 ) -> tuple[Tracker, Attribution]:
-    from gputime._backends import BackendUnavailable  # noqa: PLC0415 - keeps start-up light
-    from gputime._tracker import Tracker  # noqa: PLC0415 - idem
-
     try:
         backend = nvml_backend(tree)
     except BackendUnavailable as exc:
