@@ -13,9 +13,9 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TextIO
+from typing import Any, TextIO
 
 from gputime._ledger import ServiceStats
 from gputime._task import gpu_task
@@ -26,8 +26,9 @@ from gputime.testing import SimulatedGpu
 class _SharedGpu:
     """Utilisation = the sum of the loads of the jobs running now, capped at 100 %."""
 
-    def __init__(self, gpu: SimulatedGpu) -> None:
+    def __init__(self, gpu: SimulatedGpu, stop: threading.Event) -> None:
         self._gpu = gpu
+        self._stop = stop
         self._loads: dict[int, float] = {}
         self._lock = threading.Lock()
         self._next = 0
@@ -38,7 +39,7 @@ class _SharedGpu:
             self._next += 1
             self._loads[key] = percent
             self._apply()
-        time.sleep(seconds)
+        self._stop.wait(seconds)  # a stop cuts the job short
         with self._lock:
             del self._loads[key]
             self._apply()
@@ -68,58 +69,97 @@ class _CallbackRunner:
             self._on_end(job)
 
 
+#: Seconds between two calls of ``run_demo``'s ``progress`` callback.
+PROGRESS_EVERY = 0.2
+
+
 def run_demo(
-    seconds: float = 3.0, *, seed: int = 7, out: TextIO | None = None
+    seconds: float = 3.0,
+    *,
+    seed: int = 7,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[float, Mapping[str, ServiceStats]], object] | None = None,
+    tracker_options: Mapping[str, Any] | None = None,
+    finish: Callable[[Tracker, dict[str, ServiceStats]], object] | None = None,
 ) -> dict[str, ServiceStats]:
     """Run the workload for about ``seconds`` and print a per-service table.
 
+    Args:
+        seconds: How long the workload runs.
+        seed: Seed of the workload's random choices.
+        out: Where the table goes (stdout if ``None``).
+        stop: Set it (from a signal handler, another thread) to end the
+            workload at once: running jobs are cut short, and no table is
+            printed. It is set when the function returns.
+        progress: Called about every 0.2 s with the seconds elapsed and the
+            figures so far.
+        tracker_options: Further keyword arguments for the demo's ``Tracker``.
+        finish: Called with the tracker, still open, and the final figures
+            once the workload ended (not where ``stop`` was set), before the
+            table is printed: where the command line writes its output files.
+
     Returns:
-        The final per-service figures.
+        The final per-service figures (those so far, where ``stop`` was set).
     """
+    stop = stop if stop is not None else threading.Event()
     rng = random.Random(seed)
     gpu = SimulatedGpu(devices=1, sample_period=1 / 6)
-    shared = _SharedGpu(gpu)
-    deadline = time.monotonic() + seconds
-    with Tracker(backend=gpu, interval=0.1) as tracker:
+    shared = _SharedGpu(gpu, stop)
+    began = time.monotonic()
+    deadline = began + seconds
+
+    def running() -> bool:
+        return not stop.is_set() and time.monotonic() < deadline
+
+    with Tracker(backend=gpu, interval=0.1, **dict(tracker_options or {})) as tracker:
         nmt_job = _nmt_job(tracker, shared)
         yourtts_stream = _yourtts_stream(tracker, shared)
 
         def nmt_worker(worker_rng: random.Random) -> None:
-            while time.monotonic() < deadline:
+            while running():
                 nmt_job(worker_rng.uniform(0.05, 0.4), worker_rng.choice((60.0, 100.0)))
-                time.sleep(worker_rng.uniform(0.02, 0.3))
+                stop.wait(worker_rng.uniform(0.02, 0.3))
 
         def yourtts_worker() -> None:
-            while time.monotonic() < deadline:
+            while running():
                 for _chunk in yourtts_stream(rng.randint(2, 5)):
-                    time.sleep(0.01)  # the consumer's time between chunks is in the task too
-                time.sleep(0.2)
+                    stop.wait(0.01)  # the consumer's time between chunks is in the task too
+                stop.wait(0.2)
 
         def rust_worker() -> None:
             runner = _CallbackRunner()
-            running: dict[str, gpu_task] = {}
+            running_jobs: dict[str, gpu_task] = {}
 
             def started(job: str) -> None:
-                running[job] = tracker.gpu_task("rust", name=f"rust {job}")
-                running[job].__enter__()
+                running_jobs[job] = tracker.gpu_task("rust", name=f"rust {job}")
+                running_jobs[job].__enter__()
 
             def ended(job: str) -> None:
-                running.pop(job).__exit__(None, None, None)
+                running_jobs.pop(job).__exit__(None, None, None)
 
             runner.set_on_task_start_callback(started)
             runner.set_on_task_end_callback(ended)
             n = 0
-            while time.monotonic() < deadline:
+            while running():
                 n += 1
                 runner.process_job(f"job-{n}", lambda: shared.use(100.0, 0.25))
-                time.sleep(0.35)
+                stop.wait(0.35)
 
         async def tts_main() -> None:
-            while time.monotonic() < deadline:
+            while running():
                 async with tracker.gpu_task("tts"):
                     await asyncio.to_thread(shared.use, 80.0, 0.15)
                     await asyncio.sleep(0.05)  # post-processing on the CPU, still in the task
                 await asyncio.sleep(0.25)
+
+        async def report() -> None:
+            while progress is not None and running():
+                progress(time.monotonic() - began, tracker.stats())
+                await asyncio.sleep(PROGRESS_EVERY)
+
+        async def main() -> None:
+            await asyncio.gather(tts_main(), report())
 
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="demo") as pool:
             futures = [
@@ -128,13 +168,24 @@ def run_demo(
                 pool.submit(yourtts_worker),
                 pool.submit(rust_worker),
             ]
-            asyncio.run(tts_main())
-            for future in futures:
-                future.result()
-        # Let the sampler collect the samples covering the last task ends.
-        time.sleep(gpu.sample_period + 0.15)
-        tracker.poll()
+            try:
+                asyncio.run(main())
+            finally:
+                interrupted = stop.is_set()
+                # Whatever ended the loop (the deadline, a stop, an exception), the
+                # workers end now rather than at the deadline.
+                stop.set()
+                for future in futures:
+                    future.result()
+        if not interrupted:
+            # Let the sampler collect the samples covering the last task ends.
+            time.sleep(gpu.sample_period + 0.15)
+            tracker.poll()
         stats = tracker.stats()
+        if finish is not None and not interrupted:
+            finish(tracker, stats)
+    if interrupted:
+        return stats
     print_table(stats, out=out)
     print(
         "GPU ms: time the (simulated) GPU was busy during each service's tasks; services\n"

@@ -1,0 +1,457 @@
+"""``gputime run``: one command's GPU time, measured like ``time`` measures CPU time.
+
+The command runs as a child process, as one task of the service. By default
+only the GPU use of the child and its descendants counts (``attribution
+"process"``, from NVML's per-process samples); where that cannot work the
+whole GPU is counted instead, with a warning. The command always runs, with or
+without a GPU: measurement problems end up in the summary, never in the exit
+status, which is the command's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from gputime import BackendUnavailable, TaskHandle, Tracker
+from gputime._cli._common import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_NOT_FOUND,
+    HelpFormatter,
+    Output,
+    add_outputs,
+    check_outputs,
+    describe,
+    error,
+    positive_seconds,
+    service_name,
+    tracker_options,
+    write_outputs,
+)
+from gputime._cli._proctree import ProcessTree
+
+if TYPE_CHECKING:
+    from gputime._backends import Attribution, Backend
+
+NAME = "run"
+ATTRIBUTIONS = ("process", "device", "split")
+DEFAULT_INTERVAL = 0.5
+#: How often the main thread looks for new descendants while the command runs.
+TREE_TICK = 0.1
+#: The inode of the kernel's initial PID namespace (PROC_PID_INIT_INO).
+_INIT_PID_NS = "pid:[4026531836]"
+
+EPILOG = """\
+examples:
+  gputime run -s nmt -- python translate.py --batch 64
+  gputime run -s train --json run.json -- torchrun --nproc-per-node 2 train.py
+  gputime run -s nmt --attribution device -- ./serve-once.sh
+
+The summary goes to stderr. The exit status is the command's: 128+N when signal N
+ended it, 127 when it was not found, 126 when it could not be executed. SIGTERM sent
+to gputime is passed on to the command, and SIGINT too unless the terminal already
+sent it there (Ctrl-C reaches both when they share the terminal's process group).
+"""
+
+
+@dataclass
+class RunResult:
+    """What ``gputime run`` measured (``--json`` writes :meth:`to_json`).
+
+    Attributes:
+        service: The service the command ran as a task of.
+        command: The command and its arguments.
+        exit_code: gputime's exit status: the command's, 128+N for signal N.
+        wall_s: Seconds from starting the command to its end.
+        gpu_ms: The task's GPU-busy milliseconds, summed over devices.
+        gpu_util_ms: The same, weighted by utilisation.
+        energy_mj: Energy in millijoules, ``None`` where not measured.
+        status: ``ok``, ``partial`` or ``unavailable``.
+        coverage: The fraction of the task (times devices) readings covered.
+        devices: Per device id: ``name``, ``index`` and the same figures
+            (``None`` where not known per device).
+        attribution: How GPU time was attributed, ``None`` where not measured.
+        notes: Warnings about the measurement (a fallback, no GPU).
+        tracker: The tracker that measured the command, still open while
+            outputs are written.
+    """
+
+    service: str
+    command: list[str]
+    exit_code: int
+    wall_s: float
+    gpu_ms: float
+    gpu_util_ms: float
+    energy_mj: float | None
+    status: str
+    coverage: float
+    devices: dict[str, dict[str, Any]]
+    attribution: Attribution | None
+    notes: list[str] = field(default_factory=list)
+    tracker: Tracker | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields of ``--json`` (SPEC section 6)."""
+        return {
+            "service": self.service,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "wall_s": self.wall_s,
+            "gpu_ms": self.gpu_ms,
+            "gpu_util_ms": self.gpu_util_ms,
+            "energy_mj": self.energy_mj,
+            "status": self.status,
+            "coverage": self.coverage,
+            "devices": self.devices,
+        }
+
+
+def write_json(path: str, result: RunResult) -> None:
+    """``--json PATH``: the figures as one JSON object."""
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(result.to_json(), file, indent=2)
+        file.write("\n")
+
+
+#: Files ``gputime run`` can write (``--trace`` is to come, as one more entry).
+OUTPUTS: tuple[Output[RunResult], ...] = (
+    Output("--json", "write the figures as JSON to PATH", write_json),
+)
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``run`` to the subcommands."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        NAME,
+        help="run a command as one task of a service and print its GPU time (like time)",
+        usage="gputime run -s SERVICE [options] -- CMD [ARGS...]",
+        description=describe(
+            "Run CMD as one task of SERVICE and print its GPU time on stderr: wall "
+            "time, GPU-busy and utilisation-weighted milliseconds, energy, status and coverage, "
+            "per device. By default only the GPU use of CMD and its descendants counts "
+            "(NVML per-process samples)."
+        ),
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "-s", "--service", required=True, type=service_name, help="the service the task belongs to"
+    )
+    parser.add_argument(
+        "--attribution",
+        choices=ATTRIBUTIONS,
+        help="whose GPU use counts: 'process' (CMD and its descendants; the default, falling "
+        "back to 'device' with a warning where the driver cannot tell processes apart), "
+        "'device' (the whole GPU) or 'split' (as 'device' for one task)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"seconds between reads of the driver (default {DEFAULT_INTERVAL:g})",
+    )
+    add_outputs(parser, OUTPUTS)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def nvml_backend(child_pids: Callable[[], Iterable[int]]) -> Backend:
+    """The NVML backend counting ``child_pids`` with this process (tests replace it).
+
+    Raises:
+        BackendUnavailable: No NVML library, driver or GPU.
+    """
+    from gputime._backends._nvml import NvmlBackend  # noqa: PLC0415 - loads NVML only here
+
+    return NvmlBackend(child_pids=child_pids)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the command, print the summary, write the outputs; the command's exit status."""
+    command: list[str] = list(args.command)
+    if not command:
+        parser.error("no command given: gputime run -s SERVICE -- CMD [ARGS...]")
+    check_outputs(parser, args, OUTPUTS)
+    tree = ProcessTree()
+    tracker, attribution, notes = open_tracker(args, tree, tracker_options(args, OUTPUTS))
+    try:
+        for note in notes:
+            error(NAME, f"warning: {note}")
+        result = _measure(args.service, command, tracker, tree, attribution, notes)
+        print(summary(result), file=sys.stderr)
+        write_outputs(NAME, args, OUTPUTS, result)
+        return result.exit_code
+    finally:
+        tracker.close()
+
+
+def open_tracker(
+    args: argparse.Namespace, tree: ProcessTree, options: Mapping[str, Any]
+) -> tuple[Tracker, Attribution | None, list[str]]:
+    """The tracker for the command, the attribution it measures with, and warnings.
+
+    Never raises for want of a GPU: without one (or where measuring fails to
+    start) the tracker measures nothing and the attribution is ``None``.
+    """
+    notes: list[str] = []
+    try:
+        tracker, attribution = _measuring_tracker(args, tree, options, notes)
+    except _UnmeasuredError as exc:
+        notes.append(f"GPU figures unavailable: {exc}")
+        return Tracker("none", **options), None, notes
+    return tracker, attribution, notes
+
+
+class _UnmeasuredError(Exception):
+    """Why the command runs without GPU figures."""
+
+
+def _measuring_tracker(
+    args: argparse.Namespace, tree: ProcessTree, options: Mapping[str, Any], notes: list[str]
+) -> tuple[Tracker, Attribution]:
+    try:
+        backend = nvml_backend(tree)
+    except BackendUnavailable as exc:
+        raise _UnmeasuredError(str(exc)) from exc
+    except Exception as exc:
+        raise _UnmeasuredError(f"NVML failed to start: {exc!r}") from exc
+    explicit: Attribution | None = args.attribution
+    attribution: Attribution = explicit or "process"
+    if explicit is None and own_pid_namespace():
+        attribution = "device"
+        notes.append(
+            "gputime runs in its own PID namespace (a container?), where NVML's process ids "
+            "are not this system's: counting the whole GPU (attribution 'device'); "
+            "--attribution process insists"
+        )
+    try:
+        try:
+            tracker = Tracker(backend, attribution=attribution, interval=args.interval, **options)
+        except ValueError as exc:
+            if explicit is not None:
+                # An explicit choice is honoured: no figures rather than other figures.
+                raise _UnmeasuredError(str(exc)) from exc
+            notes.append(f"{exc}; counting the whole GPU instead (attribution 'device')")
+            attribution = "device"
+            tracker = Tracker(backend, attribution=attribution, interval=args.interval, **options)
+    except _UnmeasuredError:
+        raise
+    except Exception as exc:
+        raise _UnmeasuredError(f"NVML failed to start: {exc!r}") from exc
+    if not tracker.devices:
+        tracker.close()
+        raise _UnmeasuredError("no GPU is visible to this process (CUDA_VISIBLE_DEVICES?)")
+    return tracker, attribution
+
+
+def own_pid_namespace(link: str = "/proc/self/ns/pid") -> bool:
+    """Whether this process runs in a PID namespace of its own (a container's).
+
+    NVML reports the host's process ids, so there per-process samples never
+    match the command's. False where it cannot be told (no ``/proc``).
+    """
+    try:
+        return os.readlink(link) != _INIT_PID_NS
+    except OSError:
+        return False
+
+
+def _measure(
+    service: str,
+    command: list[str],
+    tracker: Tracker,
+    tree: ProcessTree,
+    attribution: Attribution | None,
+    notes: list[str],
+) -> RunResult:
+    forwarder = _Forwarder()
+    # Python sets signal handlers from the main thread only; elsewhere (an
+    # embedding application) the command gets the signals its group gets.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forwarder) for sig in _FORWARDED if main_thread}
+    try:
+        with tracker.gpu_task(service) as task:
+            started = time.monotonic()
+            exit_code = _run_child(command, forwarder, tree if attribution == "process" else None)
+            wall_s = time.monotonic() - started
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    figures = task.figures
+    return RunResult(
+        service=service,
+        command=command,
+        exit_code=exit_code,
+        wall_s=wall_s,
+        gpu_ms=figures.gpu_ms,
+        gpu_util_ms=figures.gpu_util_ms,
+        energy_mj=figures.energy_mj,
+        status=figures.status,
+        coverage=figures.coverage,
+        devices=device_figures(task, tracker),
+        attribution=attribution,
+        notes=notes,
+        tracker=tracker,
+    )
+
+
+def _run_child(command: list[str], forwarder: _Forwarder, tree: ProcessTree | None) -> int:
+    try:
+        child = subprocess.Popen(command)
+    except FileNotFoundError:
+        error(NAME, f"{command[0]}: command not found")
+        return EXIT_NOT_FOUND
+    except OSError as exc:  # not executable, not a valid executable, ...
+        error(NAME, f"{command[0]}: cannot execute: {exc.strerror or exc}")
+        return EXIT_CANNOT_EXECUTE
+    if tree is not None:
+        tree.root = child.pid
+    forwarder.attach(child)
+    if tree is None or not tree.children_files:
+        # Without cheap child lists, descendants are looked for at the driver
+        # reads only (every --interval).
+        returncode = child.wait()
+    else:
+        # Short-lived descendants are caught between driver reads too.
+        while True:
+            try:
+                returncode = child.wait(timeout=TREE_TICK)
+                break
+            except subprocess.TimeoutExpired:
+                tree.refresh()
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+#: Signals passed on to the command.
+_FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Forwarder:
+    """The signal handler of ``gputime run``: passes SIGINT and SIGTERM on to the child."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.child is None:
+            self.pending.append(signum)  # the child gets it as soon as it exists
+        else:
+            self.forward(self.child, signum)
+
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        for signum in self.pending:
+            self.forward(child, signum)
+        self.pending.clear()
+
+    @staticmethod
+    def forward(child: subprocess.Popen[bytes], signum: int) -> None:
+        if signum == signal.SIGINT and terminal_reached(child.pid):
+            return  # Ctrl-C: the terminal sent it to the child already
+        # The child may have been reaped in between.
+        with contextlib.suppress(OSError):
+            child.send_signal(signum)
+
+
+def terminal_reached(child_pid: int, tty: str = "/dev/tty") -> bool:
+    """Whether a SIGINT to gputime came from the terminal and reached the child too.
+
+    The terminal sends Ctrl-C to its whole foreground process group: when
+    gputime leads that group and the child is still in it, the child has its
+    own SIGINT, and a second one would interrupt its clean-up.
+    """
+    try:
+        fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal: the signal came from kill()
+    try:
+        group = os.getpgrp()
+        return os.tcgetpgrp(fd) == group and os.getpgid(child_pid) == group
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def device_figures(task: TaskHandle, tracker: Tracker) -> dict[str, dict[str, Any]]:
+    """Per tracked device: its name, index and figures for the task."""
+    names = {device.id: device for device in tracker.devices}
+    per_device = getattr(task, "devices", None)
+    result: dict[str, dict[str, Any]] = {}
+    if isinstance(per_device, Mapping):
+        for device_id, figures in per_device.items():
+            info = names.get(device_id)
+            result[device_id] = {
+                "name": info.name if info else None,
+                "index": info.index if info else None,
+                "gpu_ms": figures.gpu_ms,
+                "gpu_util_ms": figures.gpu_util_ms,
+                "energy_mj": figures.energy_mj,
+                "status": figures.status,
+            }
+        return result
+    # TODO(per-device figures): read them from TaskHandle.devices (a DeviceFigures per
+    # device id, being added to the core; the branch above already does). Until it
+    # lands, a single device's figures are the task's; with several, each one's share
+    # is unknown and left None.
+    totals = task.figures if len(tracker.devices) == 1 else None
+    for info in tracker.devices:
+        result[info.id] = {
+            "name": info.name,
+            "index": info.index,
+            "gpu_ms": totals.gpu_ms if totals else None,
+            "gpu_util_ms": totals.gpu_util_ms if totals else None,
+            "energy_mj": totals.energy_mj if totals else None,
+            "status": totals.status if totals else None,
+        }
+    return result
+
+
+def summary(result: RunResult) -> str:
+    """The report on stderr, like ``time``'s."""
+    lines = [f"gputime run: {result.service}: {_quote(result.command)}"]
+    add = lines.append
+    add(f"  exit status   {result.exit_code}")
+    add(f"  wall time     {result.wall_s:.3f} s")
+    if result.attribution is None:
+        add("  GPU time      unavailable (no GPU measured; see the warning above)")
+        return "\n".join(lines)
+    add(f"  GPU time      {result.gpu_ms:.1f} ms")
+    add(f"  util time     {result.gpu_util_ms:.1f} ms")
+    add(f"  energy        {_energy(result.energy_mj)}")
+    add(
+        f"  status        {result.status} (coverage {result.coverage:.3f}, "
+        f"attribution {result.attribution})"
+    )
+    for device_id, figures in result.devices.items():
+        where = f"[{figures['index']}] {figures['name']} {device_id}"
+        if figures["gpu_ms"] is None:
+            add(f"  {where}: per-device figures not available yet")
+            continue
+        add(
+            f"  {where}: {figures['gpu_ms']:.1f} GPU ms, {figures['gpu_util_ms']:.1f} util ms, "
+            f"{_energy(figures['energy_mj'])}, {figures['status']}"
+        )
+    return "\n".join(lines)
+
+
+def _energy(energy_mj: float | None) -> str:
+    return "not measured" if energy_mj is None else f"{energy_mj / 1000:.3f} J"
+
+
+def _quote(command: Sequence[str]) -> str:
+    return shlex.join(command)
