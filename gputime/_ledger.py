@@ -1027,15 +1027,16 @@ class Ledger:
             # The tail: from the newest sample (or the start) to the end.
             lo = start if start > horizon else horizon
             length = end - lo
-            if reads is not None and isinstance(reads[channel.device], BaseException):
-                value = None
-            else:
-                value = channel.tail_value()
+            failed = reads is not None and isinstance(reads[channel.device], BaseException)
+            value = None if failed else channel.tail_value()
             if value is None:
-                if channel.is_power:
-                    energy_missing = True
-                else:
+                if not channel.is_power:
                     missing += length
+                elif failed:
+                    energy_missing = True
+                # A counter that has not stepped since the task began (a task
+                # shorter than its step, on a new tracker) is the counter's
+                # resolution, not a failed reading: that tail counts nothing.
                 continue
             weight = service.weight(lo, end) if split else length
             if channel.is_power:

@@ -409,7 +409,10 @@ class Tracker:
             self._report_fault("task start", exc)
             _unrecorded(handle)
             first = 0
-        if first:
+        if first and (
+            (first == WOKE and self._resume is not None)
+            or (self._sampler is not None and self._sampler.parked)
+        ):
             self._first_task_began(first)
         if self._finished:
             self._emit_finished()

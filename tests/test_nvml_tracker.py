@@ -387,3 +387,42 @@ def test_the_sampler_thread_learns_when_the_energy_counter_steps():
                     time.sleep(0.01)
             assert not session.calibration_due(double.clock())
             assert session._devs[0].counter.period == pytest.approx(0.1, abs=0.01)
+
+
+@pytest.mark.parametrize("attribution", ["device", "process"])
+def test_a_short_task_on_a_freshly_booted_idle_gpu_is_ok(
+    clock: FakeClock, model: str, attribution: str
+):
+    # The driver never recorded a sample: nothing says a busy one is on its way.
+    double = FakeNvml(clock, 1, model=model)
+    with installed(double), tracker_on(double, clock, attribution=attribution) as tracker:
+        with tracker.gpu_task("short") as task:
+            clock.advance(0.05)
+        assert (task.gpu_ms, task.status, task.coverage) == (0.0, "ok", pytest.approx(1.0))
+        settle(tracker, clock)
+        assert tracker.stats("short").status == "ok"
+
+
+def test_a_process_row_appearing_between_the_size_query_and_the_read_is_retried(
+    nvml: FakeNvml, clock: FakeClock
+):
+    # pynvml asks for the row count, then the rows; a row arriving in between
+    # makes the second call answer INSUFFICIENT_SIZE.
+    with tracker_on(nvml, clock, devices=[0], attribution="process") as tracker:
+        nvml.set_process_utilization(os.getpid(), 50)
+        calls = 0
+
+        def grow(name: str) -> None:
+            nonlocal calls
+            if name == "nvmlDeviceGetProcessesUtilizationInfo":
+                calls += 1
+                if calls == 2:
+                    nvml.fail(name, 7, times=1)  # NVML_ERROR_INSUFFICIENT_SIZE
+
+        nvml.before_call = grow
+        with tracker.gpu_task("ours") as task:
+            clock.advance(0.5)
+            tracker.poll()
+            clock.advance(0.5)
+        assert task.status == "ok"
+        assert task.gpu_util_ms == pytest.approx(500.0, abs=1.0)

@@ -61,6 +61,7 @@ _UNINITIALIZED = 1
 _NOT_SUPPORTED = 3
 _NO_PERMISSION = 4
 _NOT_FOUND = 6
+_INSUFFICIENT_SIZE = 7
 _DRIVER_NOT_LOADED = 9
 _LIBRARY_NOT_FOUND = 12
 _FUNCTION_NOT_FOUND = 13
@@ -1568,7 +1569,14 @@ class _NvmlSession:
         assert call is not None
         last_seen = self._last_seen_us(dev, since)
         try:
-            raw = self._call(dev, call, last_seen)
+            try:
+                raw = self._call(dev, call, last_seen)
+            except NvmlError as exc:
+                if exc.code != _INSUFFICIENT_SIZE:
+                    raise
+                # pynvml asks for the row count, then the rows: a process or a
+                # sample that appeared in between outgrows the buffer. Once more.
+                raw = self._call(dev, call, last_seen)
         except NvmlError as exc:
             if exc.code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND) and call == _PROCESS_CALLS[0]:
                 dev.process_call = _PROCESS_CALLS[1]
