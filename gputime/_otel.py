@@ -59,8 +59,13 @@ def _load_metrics_api() -> None:
     global otel_metrics, _metrics_internal, NoOpMeter, Observation
     if otel_metrics is None:
         from opentelemetry import metrics  # noqa: PLC0415 - see above
-        from opentelemetry.metrics import _internal  # noqa: PLC0415
 
+        try:
+            # Private: only the fast "is an SDK installed" check reads it (see
+            # _UNKNOWN); an API without it takes the public getters instead.
+            from opentelemetry.metrics import _internal  # noqa: PLC0415
+        except ImportError:
+            _internal = None  # getattr(None, name, _UNKNOWN) is _UNKNOWN: the public path
         # mypy sees these names as the classes imported for type checking.
         NoOpMeter, Observation = metrics.NoOpMeter, metrics.Observation  # type: ignore[misc]
         otel_metrics, _metrics_internal = metrics, _internal
@@ -133,6 +138,9 @@ _UNKNOWN = object()
 _SpanState = tuple["Span", object, "Context | None"]
 
 _error_types: dict[type[BaseException], str] = {}
+
+#: Whether the missing bucket advice was logged (once per process).
+_unadvised_warned = False
 
 
 def error_type(exc: BaseException) -> str:
@@ -263,7 +271,7 @@ class Emitter:
         self._tracer_pending = False
         try:
             provider = _global_tracer_provider()
-            if provider is None:  # pragma: no cover - only if the API renamed its global
+            if provider is None:  # no SDK yet: only an API without the global comes here
                 self._tracer_pending = True
                 return None
             self._use_tracer(provider)
@@ -299,11 +307,13 @@ class Emitter:
         self._metric_set = metric_set
         if not is_global:
             self.histogram = metric_set.histogram
+            metric_set.check_buckets_advised()
         elif global_provider is None:
             self._metrics_pending = True
         else:
             # The set may have been made on the proxy meter before the SDK came.
             self.histogram = metric_set.use_real_meter(global_provider)
+            metric_set.check_buckets_advised()
 
     def _resolve_global_histogram(self) -> Histogram | None:
         """The first task start after the global meter provider was set."""
@@ -311,11 +321,12 @@ class Emitter:
         metric_set = self._metric_set
         try:
             provider = _global_meter_provider()
-            if provider is None:  # pragma: no cover - only if the API renamed its global
+            if provider is None:  # no SDK yet: only an API without the global comes here
                 self._metrics_pending = True
                 return None
             assert metric_set is not None  # pending only once the set was made
             self.histogram = metric_set.use_real_meter(provider)
+            metric_set.check_buckets_advised()
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._tracker._report_fault("otel.meter", exc)
         return self.histogram
@@ -331,7 +342,7 @@ class Emitter:
             # is installed; a future API without it sends us to the getter.
             try:
                 unset = otel_trace._TRACER_PROVIDER is None
-            except AttributeError:  # pragma: no cover - see above
+            except AttributeError:  # see above
                 unset = False
             if not unset:
                 tracer = self._resolve_global_tracer()
@@ -340,7 +351,7 @@ class Emitter:
             # histogram need not call in at all (see Tracker._end_task).
             try:
                 unset = _metrics_internal._METER_PROVIDER is None
-            except AttributeError:  # pragma: no cover - a future API without the global
+            except AttributeError:  # a future API without the global
                 unset = False
             if not unset:
                 self._resolve_global_histogram()
@@ -620,6 +631,8 @@ class _MetricSet:
         self._members: dict[int, tuple[weakref.ref[Emitter], dict[str | None, list[float]]]] = {}
         self._retired: dict[str | None, list[float]] = {}
         self._exported: dict[str | None, list[float]] = {}
+        #: Whether the histogram's meter took DURATION_BUCKETS as advice.
+        self.buckets_advised = True
         self.histogram = self._make_histogram(meter)
         meter.create_observable_counter(
             "gputime.gpu.busy_time",
@@ -647,24 +660,49 @@ class _MetricSet:
             description="Tasks of the service running now",
         )
 
-    @staticmethod
-    def _make_histogram(meter: Meter) -> Histogram:
+    def _make_histogram(self, meter: Meter) -> Histogram:
         name, unit = "gputime.task.duration", "s"
         description = "Duration of the service's tasks, on the tracker's clock"
         try:
-            return meter.create_histogram(
+            histogram = meter.create_histogram(
                 name,
                 unit=unit,
                 description=description,
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             )
-        except TypeError:  # pragma: no cover - opentelemetry-api < 1.23 has no advisory
+        except TypeError:
+            # opentelemetry-api/sdk < 1.30 (or a meter of another make) takes no
+            # bucket advice: the SDK's default buckets, made for milliseconds,
+            # put every task under 5 s in one bucket. check_buckets_advised()
+            # says so once an SDK records.
+            self.buckets_advised = False
             return meter.create_histogram(name, unit=unit, description=description)
+        self.buckets_advised = True
+        return histogram
+
+    def check_buckets_advised(self) -> None:
+        """Warn once per process when the recording meter took no bucket advice.
+
+        Called where the histogram is bound to a recording meter (never under a
+        lock, never from the garbage collector).
+        """
+        global _unadvised_warned
+        if self.buckets_advised or _unadvised_warned:
+            return
+        _unadvised_warned = True
+        _logger.warning(
+            "gputime: this OpenTelemetry meter takes no bucket advice (opentelemetry-api "
+            "and -sdk < 1.30): gputime.task.duration gets the SDK's default buckets, "
+            "which put every task under 5 s in one bucket. Upgrade to 1.30 or later, "
+            "or give the SDK's MeterProvider a View with gputime's buckets "
+            "(docs/compatibility.md)."
+        )
 
     def use_real_meter(self, provider: MeterProvider) -> Histogram:
         """The global SDK arrived: record on its histogram directly, not through the proxy."""
         meter = provider.get_meter(SCOPE, __version__)
         if isinstance(meter, NoOpMeter):
+            self.buckets_advised = True  # nothing records: no buckets to be wrong
             return self.histogram
         # The SDK already made this instrument for the proxy: it hands back the same one.
         self.histogram = self._make_histogram(meter)

@@ -66,15 +66,15 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         attributes: Mapping[str, Any] | None = None,
         tracker: Tracker | None = None,
     ) -> None:
-        self.service = _check_service(service)
+        self.service: str = _check_service(service)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, not {type(name).__name__}")
         if tracker is not None and not isinstance(tracker, Tracker):
             raise TypeError(f"tracker must be a gputime.Tracker, not {type(tracker).__name__}")
-        self.name = name
-        self.span = bool(span)
-        self.attributes = _check_attributes(attributes)
-        self.tracker = tracker
+        self.name: str | None = name
+        self.span: bool = bool(span)
+        self.attributes: dict[str, Any] | None = _check_attributes(attributes)
+        self.tracker: Tracker | None = tracker
         # Handles entered with ``with`` and not yet left, oldest first, and
         # which of them is current in each context (made on first use).
         self._open: list[TaskHandle] = []

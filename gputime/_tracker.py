@@ -62,13 +62,13 @@ class TaskHandle(TaskRecord):
     def __init__(self, tracker: Tracker, spec: _task.gpu_task) -> None:
         self._values = None
         self._done = False
-        self.end_time = None
+        self.end_time: float | None = None
         self._final = None
         self._tracker = tracker
         self._spec = spec
         self._otel: object = None
         #: The service this task belongs to.
-        self.service = spec.service
+        self.service: str = spec.service
         #: The exception the task raised (``None`` if it returned or was cancelled).
         self.error: BaseException | None = None
 
@@ -206,10 +206,10 @@ class Tracker:
             backend_clock = getattr(resolved, "clock", None)
             clock = backend_clock if callable(backend_clock) else time.monotonic
         self.clock: Clock = clock
-        self.interval = interval
-        self.threshold = threshold
+        self.interval: float = interval
+        self.threshold: float = threshold
         self.attribution: Attribution = attribution
-        self.threaded = bool(threaded)
+        self.threaded: bool = bool(threaded)
         try:
             session = resolved.open(clock=clock, devices=devices, attribution=attribution)
         except BackendUnavailable as exc:

@@ -63,6 +63,17 @@ RESET_REQUIRED = 16
 ARGUMENT_VERSION_MISMATCH = 25
 UNKNOWN = 999
 
+#: Whether these nvidia-ml-py bindings have ``nvmlDeviceGetProcessesUtilizationInfo``
+#: (12.550 and later). The declared floor, 12.535, has not: the backend then makes the
+#: older ``nvmlDeviceGetProcessUtilization`` whatever the driver offers.
+PROCESS_INFO_BOUND = hasattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo")
+#: The per-process call the backend makes with these bindings, and its readings' source.
+PROCESS_CALL, PROCESS_SOURCE = (
+    ("nvmlDeviceGetProcessesUtilizationInfo", "process-utilization-info")
+    if PROCESS_INFO_BOUND
+    else ("nvmlDeviceGetProcessUtilization", "process-utilization")
+)
+
 #: Every device call the backend can make, for fault-injection sweeps.
 DEVICE_CALLS = (
     "nvmlDeviceGetSamples",

@@ -34,6 +34,9 @@ from tests.nvml_double import (
     GPU_IS_LOST,
     NOT_FOUND,
     NOT_SUPPORTED,
+    PROCESS_CALL,
+    PROCESS_INFO_BOUND,
+    PROCESS_SOURCE,
     RESET_REQUIRED,
     UNINITIALIZED,
     UNKNOWN,
@@ -43,6 +46,20 @@ from tests.nvml_double import (
 
 P = 1 / 6
 START = 10.0
+
+#: Tests of the newer per-process call itself: the bindings at the declared floor
+#: (nvidia-ml-py 12.535) cannot make it, so there they are not applicable.
+needs_process_info = pytest.mark.skipif(
+    not PROCESS_INFO_BOUND,
+    reason="these nvidia-ml-py bindings lack nvmlDeviceGetProcessesUtilizationInfo",
+)
+#: DEVICE_CALLS, with the newer per-process call marked as above.
+SWEPT_CALLS = [
+    pytest.param(call, marks=needs_process_info)
+    if call == "nvmlDeviceGetProcessesUtilizationInfo"
+    else call
+    for call in DEVICE_CALLS
+]
 
 
 @pytest.fixture
@@ -1041,7 +1058,7 @@ class TestProcessAttribution:
             (0, me, 10),  # no timestamp
         ]
         reading = session.read(0, START)
-        assert reading.source == "process-utilization-info"
+        assert reading.source == PROCESS_SOURCE
         assert values(reading) == [50.0, 50.0, 50.0]
         assert ends(reading) == pytest.approx([START + at(k) for k in (1, 2, 3)], abs=1e-6)
         children.clear()
@@ -1065,7 +1082,7 @@ class TestProcessAttribution:
         session = open_session(nvml, clock, attribution="process")
         clock.advance(0.2)
         reading = session.read(0, START)
-        assert is_empty(reading, "process-utilization-info")
+        assert is_empty(reading, PROCESS_SOURCE)
         # No row for any process of ours: idle, up to the driver's newest tick.
         assert reading.idle_until == pytest.approx(START + P, abs=1e-5)
         clock.advance(0.5)
@@ -1091,7 +1108,7 @@ class TestProcessAttribution:
             # (the declared floor, 12.535, has no ProcessesUtilizationInfo).
             import pynvml
 
-            monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo")
+            monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo", raising=False)
         session = open_session(nvml, clock, attribution="process")
         nvml.set_process_utilization(os.getpid(), 25)
         clock.advance(2 * P)
@@ -1099,6 +1116,7 @@ class TestProcessAttribution:
         assert reading.source == "process-utilization"
         assert values(reading) == [25.0, 25.0]
 
+    @needs_process_info
     def test_switches_to_the_older_call_when_the_newer_stops_working(
         self, nvml: FakeNvml, clock: FakeClock
     ):
@@ -1128,18 +1146,18 @@ class TestProcessAttribution:
             open_session(double, clock, attribution="process")
 
     def test_a_transient_error_in_the_probe_does_not_reject(self, nvml: FakeNvml, clock: FakeClock):
-        nvml.fail("nvmlDeviceGetProcessesUtilizationInfo", UNKNOWN, times=1)
+        nvml.fail(PROCESS_CALL, UNKNOWN, times=1)
         session = open_session(nvml, clock, [0], attribution="process")
-        assert session.read(0, START).source == "process-utilization-info"
+        assert session.read(0, START).source == PROCESS_SOURCE
 
     def test_process_read_errors_propagate(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock, attribution="process")
-        nvml.fail("nvmlDeviceGetProcessesUtilizationInfo", UNKNOWN, times=1)
+        nvml.fail(PROCESS_CALL, UNKNOWN, times=1)
         with pytest.raises(NvmlError, match="NVML_ERROR_UNKNOWN"):
             session.read(0, START)
 
     def test_a_lost_gpu_while_probing_for_process_samples(self, nvml: FakeNvml, clock: FakeClock):
-        nvml.fail("nvmlDeviceGetProcessesUtilizationInfo", GPU_IS_LOST, device=0)
+        nvml.fail(PROCESS_CALL, GPU_IS_LOST, device=0)
         session = open_session(nvml, clock, attribution="process")
         with pytest.raises(NvmlDeviceLostError):
             session.read(0, START)
@@ -1172,7 +1190,7 @@ class TestProcessAttribution:
 
 
 class TestErrors:
-    @pytest.mark.parametrize("call", DEVICE_CALLS)
+    @pytest.mark.parametrize("call", SWEPT_CALLS)
     @pytest.mark.parametrize("code", [GPU_IS_LOST, RESET_REQUIRED])
     def test_a_lost_gpu_stops_that_device(
         self, nvml: FakeNvml, clock: FakeClock, call: str, code: int
@@ -1189,7 +1207,7 @@ class TestErrors:
         assert sum(nvml.calls.values()) == calls  # no more NVML calls for that device
         assert heard(session.read(1, START))  # the other device goes on
 
-    @pytest.mark.parametrize("call", DEVICE_CALLS)
+    @pytest.mark.parametrize("call", SWEPT_CALLS)
     def test_other_errors_count_nothing_and_the_next_read_recovers(
         self, nvml: FakeNvml, clock: FakeClock, call: str
     ):
@@ -1212,7 +1230,7 @@ class TestErrors:
         reading = session.read(0, START)  # since was not advanced: samples are recovered
         assert values(reading) == [100.0] * (1 if "Rates" in call else 3)
 
-    @pytest.mark.parametrize("call", DEVICE_CALLS)
+    @pytest.mark.parametrize("call", SWEPT_CALLS)
     def test_uninitialized_initialises_again_once(
         self, nvml: FakeNvml, clock: FakeClock, call: str
     ):
@@ -1413,6 +1431,20 @@ class TestListDevices:
         assert mig.calls["nvmlDeviceGetTotalEnergyConsumption"] == "not supported"
         assert old.sample_period is None
         assert old.calls["nvmlDeviceGetProcessUtilization"] == "error: NVML_ERROR_UNKNOWN (999)"
+
+    def test_a_call_the_bindings_lack_is_missing(
+        self, nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch
+    ):
+        # nvidia-ml-py older than a call (the floor, 12.535, for this one) has
+        # no binding for it, whatever the driver offers.
+        import pynvml
+
+        monkeypatch.delattr(pynvml, "nvmlDeviceGetProcessesUtilizationInfo", raising=False)
+        first, second = list_devices()
+        for device in (first, second):
+            assert device.error is None
+            assert device.calls["nvmlDeviceGetProcessesUtilizationInfo"] == "missing"
+            assert device.calls["nvmlDeviceGetProcessUtilization"] == "supported"
 
     def test_an_unusable_device_is_listed_with_its_error(self, nvml: FakeNvml):
         nvml.fail("nvmlDeviceGetHandleByIndex_v2", GPU_IS_LOST, times=1)

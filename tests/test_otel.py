@@ -500,7 +500,13 @@ class TestErrors:
 
     def test_error_type_names(self):
         assert otel_module.error_type(KeyError("k")) == "KeyError"
-        assert otel_module.error_type(asyncio.TimeoutError()) in ("TimeoutError",)
+        # Python 3.10's asyncio.TimeoutError is a class of its own (the builtin from 3.11).
+        timeout = (
+            "TimeoutError"
+            if asyncio.TimeoutError is TimeoutError
+            else "asyncio.exceptions.TimeoutError"
+        )
+        assert otel_module.error_type(asyncio.TimeoutError()) == timeout
         assert otel_module.error_type(MyError()) == f"{__name__}.MyError"
 
     def test_error_type_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch):
@@ -718,9 +724,8 @@ class TestMetrics:
         assert isinstance(ok, HistogramDataPoint)
         assert (ok.count, ok.sum) == (1, pytest.approx(0.25))
         assert (failed.count, failed.sum) == (1, pytest.approx(2.0))
-        assert tuple(ok.explicit_bounds) == otel_module.DURATION_BUCKETS
-        assert ok.explicit_bounds[0] == 0.001
-        assert ok.explicit_bounds[-1] == 600.0
+        # Its buckets, and what happens where the API cannot advise them:
+        # tests/test_otel_compat.py.
 
     def test_services_are_separate_series(self, traced: Tracker, sdk: Sdk, clock, busy):
         with traced.gpu_task("nmt"):
@@ -977,12 +982,15 @@ class TestCardinality:
                         clock.advance(3 * P)
             clock.advance(P)
             tracker.poll()
-            busy = sdk.points("gputime.gpu.busy_time")
+            # One collection: SDKs before 1.23 report a cumulative histogram
+            # only at the first collection after a recording.
+            metrics = sdk.metrics()
+            busy = sdk.points("gputime.gpu.busy_time", metrics)
             overflow = (("gputime.service", "_overflow"), ("otel.metric.overflow", True))
             assert set(busy) == {(("gputime.service", "a"),), (("gputime.service", "b"),), overflow}
             assert busy[overflow].value == pytest.approx(1.5)
-            assert sdk.points("gputime.task.duration")[overflow].count == 3
-            assert sdk.points("gputime.task.active")[overflow].value == 0
+            assert sdk.points("gputime.task.duration", metrics)[overflow].count == 3
+            assert sdk.points("gputime.task.active", metrics)[overflow].value == 0
         warnings = [r for r in caplog.records if "service names" in r.getMessage()]
         assert len(warnings) == 1
         assert "'c'" in warnings[0].getMessage()

@@ -1,9 +1,12 @@
-"""Checked by ``mypy --strict`` (not run by pytest): decorated signatures survive.
+"""Checked by ``mypy --strict`` and by pyright (not run by pytest): signatures survive.
 
 Each ``assert_type`` fails type checking if ``gpu_task`` lost the original
-signature, and the ``type: ignore[...]`` lines fail it (as unused ignores) if a
-wrong call stopped being an error.
+signature, and the ``type: ignore[...]`` lines fail it (as unused ignores: mypy's
+``warn_unused_ignores``, pyright's setting below) if a wrong call stopped being an
+error. ``.ci/run`` runs both.
 """
+
+# pyright: reportUnnecessaryTypeIgnoreComment=true
 
 from __future__ import annotations
 

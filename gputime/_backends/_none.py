@@ -44,9 +44,9 @@ class NoGpu:
 
 class _NoGpuSession:
     devices: Sequence[DeviceInfo] = ()
-    measures_utilization = False
-    measures_energy = False
-    sample_period = 1.0
+    measures_utilization: bool = False
+    measures_energy: bool = False
+    sample_period: float = 1.0
 
     def read(self, device: int, since: float) -> Reading:  # pragma: no cover - no devices to read
         raise IndexError(device)

@@ -429,8 +429,13 @@ def _describe(exc: BaseException) -> str:
 
 def _probe(nv: Any, handle: Any, name: str, *args: object) -> tuple[str, Any]:
     """Call ``name`` once and classify the answer for :class:`NvmlDeviceInfo.calls`."""
+    function = getattr(nv, name, None)
+    if function is None:
+        # Bindings older than the call (nvidia-ml-py < 12.550 has no
+        # nvmlDeviceGetProcessesUtilizationInfo): missing, as in _call().
+        return "missing", None
     try:
-        return "supported", getattr(nv, name)(handle, *args)
+        return "supported", function(handle, *args)
     except Exception as exc:  # noqa: BLE001 - every answer is a finding here
         code = _code_of(exc)
         if code in (_NOT_FOUND, _SUCCESS):

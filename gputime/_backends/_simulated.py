@@ -119,15 +119,15 @@ class SimulatedGpu:
         ):
             raise ValueError(f"buffer_samples={buffer_samples!r}: must be a positive integer")
         self.clock: Clock = clock if clock is not None else time.monotonic
-        self.sample_period = float(sample_period)
+        self.sample_period: float = float(sample_period)
         self.buffer_samples = buffer_samples
-        self.measure_energy = bool(measure_energy)
+        self.measure_energy: bool = bool(measure_energy)
         self._timelines = [_Timeline() for _ in range(devices)]
         self._power = [_Timeline() for _ in range(devices)]
         self._failures_left: int | None = 0
         self._lock = threading.Lock()
         #: Reads made so far (every call to a session's ``read``), for tests.
-        self.reads = 0
+        self.reads: int = 0
 
     @property
     def device_count(self) -> int:
@@ -292,12 +292,12 @@ class _SimulatedSession:
         self.devices: Sequence[DeviceInfo] = tuple(
             DeviceInfo(id=_device_id(i), name="Simulated GPU", index=i) for i in indices
         )
-        self.measures_utilization = True
-        self.measures_energy = gpu.measure_energy
-        self.sample_period = gpu.sample_period
+        self.measures_utilization: bool = True
+        self.measures_energy: bool = gpu.measure_energy
+        self.sample_period: float = gpu.sample_period
         # Sample k appears at k * P, never later (a hair earlier: the float
         # tolerance of _read): a task exit before then need not read.
-        self.sample_jitter = -_EPS * gpu.sample_period
+        self.sample_jitter: float = -_EPS * gpu.sample_period
 
     def read(self, device: int, since: float) -> Reading:
         return self._gpu._read(self._indices[device], since)

@@ -1,0 +1,55 @@
+"""The project's declared dependencies and the floor constraints CI installs agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = {"nvidia-ml-py", "wrapt", "opentelemetry-api"}
+
+
+def _project() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        project: dict[str, Any] = tomllib.load(file)["project"]
+    return project
+
+
+def _floors() -> dict[str, str]:
+    floors = {}
+    for requirement in _project()["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
+        # A name and a floor, nothing else: no upper bound, no pin, no marker.
+        assert match, f"{requirement!r}: a runtime dependency is a name and a floor"
+        floors[match[1]] = match[2]
+    return floors
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for raw in (ROOT / ".ci" / "constraints-floor.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def test_the_runtime_dependencies_are_exactly_these():
+    assert set(_floors()) == RUNTIME
+
+
+def test_the_floor_constraints_pin_the_declared_floors():
+    floors, pins = _floors(), _pins()
+    for name, floor in floors.items():
+        assert name in pins, f"{name} has no pin in .ci/constraints-floor.txt"
+        # The first release of the declared series: 12.535 -> 12.535.77, 1.20 -> 1.20.0.
+        declared = floor.split(".")
+        assert pins[name].split(".")[: len(declared)] == declared, (name, floor, pins[name])
+    # The tests' SDK at the API's floor: each SDK release requires its own API release.
+    assert pins["opentelemetry-sdk"] == pins["opentelemetry-api"]
+    assert set(pins) == RUNTIME | {"opentelemetry-sdk"}
