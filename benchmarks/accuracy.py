@@ -317,7 +317,7 @@ def run_gputime(workload: Workload, config: Config) -> Run:
         backend = SimulatedGpu(sample_period=SAMPLE_PERIOD, clock=clock)
     try:
         tracker = Tracker(backend=backend, clock=clock, threaded=False, interval=POLL_TICKS * TICK)
-        calibrate = getattr(tracker._session, "calibrate", None)
+        calibrate = getattr(tracker._reader.session, "calibrate", None)
         if calibrate is not None:
             # What the sampler thread does while tasks run (here before the
             # first, in the workload's lead-in): watch when the energy counter

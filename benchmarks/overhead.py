@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         exits_only = Tracker(backend=nvml.backend, clock=nvml.double.clock, threaded=False)
         closers.append(exits_only)
         exit_func = gpu_task("bench", tracker=exits_only)(_empty)
-        period = exits_only._session.sample_period
+        period = exits_only._reader.session.sample_period
         _time(exit_func, 100)
         reads_before, started = nvml.reads(), time.monotonic()
         while time.monotonic() - started < 20 * period:

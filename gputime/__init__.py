@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from gputime._backends import BackendUnavailable
 from gputime._default import configure, get_tracker, reset, stats
-from gputime._ledger import ServiceStats
+from gputime._figures import ServiceStats
+from gputime._handle import TaskHandle
 from gputime._task import gpu_task
-from gputime._tracker import TaskHandle, Tracker
+from gputime._tracker import Tracker
 from gputime._version import __version__
 
 __all__ = [

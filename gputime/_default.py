@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, overload
 
-from gputime._backends import Attribution, Backend, Clock, DeviceSelector
-from gputime._ledger import ServiceStats
+from gputime import _fork
+from gputime._backends import Backend
+from gputime._figures import ServiceStats
 from gputime._tracker import Tracker
+from gputime._types import Attribution, Clock, DeviceSelector
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -86,8 +87,7 @@ def _reinit_lock_in_child() -> None:
     _lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_reinit_lock_in_child)
+_fork.in_child(_reinit_lock_in_child)
 
 
 @overload

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
-from gputime._ledger import ServiceStats
+from gputime._figures import ServiceStats
 from gputime._task import gpu_task
 from gputime._tracker import Tracker
 from gputime.testing import SimulatedGpu

@@ -19,8 +19,9 @@ per collection, whichever thread collects.
 from __future__ import annotations
 
 import gc
-import os
 import threading
+
+from gputime import _fork
 
 _get_ident = threading.get_ident
 
@@ -50,5 +51,4 @@ def _forget_in_child() -> None:
 
 if _on_collection not in gc.callbacks:  # pragma: no branch - once per process
     gc.callbacks.append(_on_collection)
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_forget_in_child)
+_fork.in_child(_forget_in_child)

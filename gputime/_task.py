@@ -15,8 +15,9 @@ import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from gputime import _default, _gcsafe
-from gputime._tracker import TaskHandle, Tracker, _check_service
+from gputime import _default, _gcsafe, _validate
+from gputime._handle import TaskHandle
+from gputime._tracker import Tracker
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -66,7 +67,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         attributes: Mapping[str, Any] | None = None,
         tracker: Tracker | None = None,
     ) -> None:
-        self.service: str = _check_service(service)
+        self.service: str = _validate.service(service)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, not {type(name).__name__}")
         if tracker is not None and not isinstance(tracker, Tracker):
@@ -268,16 +269,16 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
             # while the consumer holds it suspended.
             gen = func(*args, **kwargs)
             handle = start(activate=False)
-            emitter = handle._tracker._emitter
+            tracker = handle._tracker
             to_send: Any = None
             to_throw: BaseException | None = None
             try:
                 while True:
-                    token = emitter.activate(handle)
+                    token = tracker._activate(handle)
                     try:
                         item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
                     finally:
-                        emitter.deactivate(token)
+                        tracker._deactivate(token)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
@@ -286,11 +287,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
                             # Closed by the collector: no context change (see _gcsafe).
                             gen.close()
                             raise
-                        token = emitter.activate(handle)
+                        token = tracker._activate(handle)
                         try:
                             gen.close()
                         finally:
-                            emitter.deactivate(token)
+                            tracker._deactivate(token)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc
@@ -312,19 +313,19 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Y, S]:
             agen = func(*args, **kwargs)
             handle = start(activate=False)
-            emitter = handle._tracker._emitter
+            tracker = handle._tracker
             to_send: Any = None
             to_throw: BaseException | None = None
             try:
                 while True:
-                    token = emitter.activate(handle)
+                    token = tracker._activate(handle)
                     try:
                         if to_throw is None:
                             item = await agen.asend(to_send)
                         else:
                             item = await agen.athrow(to_throw)
                     finally:
-                        emitter.deactivate(token)
+                        tracker._deactivate(token)
                     to_send, to_throw = None, None
                     try:
                         to_send = yield item
@@ -333,11 +334,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
                             # Closed by the collector (no event loop hooks): as above.
                             await agen.aclose()
                             raise
-                        token = emitter.activate(handle)
+                        token = tracker._activate(handle)
                         try:
                             await agen.aclose()
                         finally:
-                            emitter.deactivate(token)
+                            tracker._deactivate(token)
                         raise
                     except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                         to_throw = exc

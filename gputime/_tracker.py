@@ -1,31 +1,29 @@
-"""The tracker: one backend session, one ledger, one sampler, one emitter."""
+"""The tracker: one backend session, one ledger, one sampler, one emitter.
+
+Data flows one way: the backend's readings (:mod:`gputime._reads`) go into the
+ledger (:mod:`gputime._ledger`), whose figures come out as task handles,
+``stats()``, spans (:mod:`gputime._emitter`) and metrics (:mod:`gputime._metrics`).
+The tracker wires them and runs the task path: it is the only module that
+knows them all.
+"""
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from gputime import _gcsafe
-from gputime._backends import (
-    Attribution,
-    Backend,
-    BackendUnavailable,
-    Clock,
-    DeviceInfo,
-    DeviceSelector,
-    NoGpu,
-    resolve_backend,
-    warn_auto_fallback,
-)
-from gputime._ledger import WOKE, Figures, Ledger, ReadOutcome, ServiceStats, Status, TaskRecord
-from gputime._otel import Emitter
+from gputime import _fork, _gcsafe, _metrics, _validate
+from gputime._backends import Backend, DeviceInfo, open_backend
+from gputime._emitter import Emitter
+from gputime._faults import FaultLog
+from gputime._figures import ServiceStats
+from gputime._handle import TaskHandle, unrecorded
+from gputime._ledger import WOKE, Ledger
+from gputime._reads import DeviceReader
 from gputime._sampler import Sampler
+from gputime._types import Attribution, Clock, DeviceSelector
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,118 +33,8 @@ if TYPE_CHECKING:
 
     from gputime import _task
 
-_logger = logging.getLogger("gputime")
-
-ATTRIBUTIONS: tuple[Attribution, ...] = ("device", "split", "process")
-
-Listener = Callable[["TaskHandle"], object]
+Listener = Callable[[TaskHandle], object]
 ListenerT = TypeVar("ListenerT", bound=Listener)
-
-
-class TrackerClosedError(RuntimeError):
-    """The read outcome of a task that ended after its tracker was closed."""
-
-
-class TaskHandle(TaskRecord):
-    """One running or finished task, as bound by ``with gpu_task(...) as task``.
-
-    Figures are live while the task runs (real samples so far) and final once
-    it ended (including the stretch after the newest sample, see the spec).
-    The handle is also the ledger's record of the task: one object per task.
-    """
-
-    __slots__ = ("_cm_token", "_otel", "_spec", "_tracker", "error", "service")
-
-    _cm_token: object  # set by gpu_task.__enter__ only: one store fewer per call
-
-    def __init__(self, tracker: Tracker, spec: _task.gpu_task) -> None:
-        self._values = None
-        self._done = False
-        self.end_time: float | None = None
-        self._final = None
-        self._tracker = tracker
-        self._spec = spec
-        self._otel: object = None
-        #: The service this task belongs to.
-        self.service: str = spec.service
-        #: The exception the task raised (``None`` if it returned or was cancelled).
-        self.error: BaseException | None = None
-
-    @property
-    def name(self) -> str:
-        """The span name: ``gpu_task {service}`` unless ``name=`` was given."""
-        name = self._spec.name
-        return name if name is not None else f"gpu_task {self.service}"
-
-    @property
-    def span(self) -> bool:
-        """Whether this task makes its own span."""
-        return self._spec.span
-
-    @property
-    def attributes(self) -> dict[str, Any] | None:
-        """Extra span attributes given to ``gpu_task``."""
-        return self._spec.attributes
-
-    @property
-    def tracker(self) -> Tracker:
-        """The tracker that measures this task."""
-        return self._tracker
-
-    @property
-    def running(self) -> bool:
-        """True until the task ended."""
-        return self.end_time is None
-
-    @property
-    def duration(self) -> float:
-        """Seconds on the tracker's clock, so far if still running."""
-        end = self.end_time
-        if end is None:
-            try:
-                end = self._tracker.clock()
-            except Exception:  # noqa: BLE001 - a failing clock must not break the job
-                return 0.0
-        duration = end - self.start_time
-        return duration if duration > 0.0 else 0.0  # also 0 for a start the clock failed
-
-    @property
-    def figures(self) -> Figures:
-        """All GPU figures at once, consistent with each other."""
-        return self._tracker._ledger.figures(self)
-
-    @property
-    def gpu_ms(self) -> float:
-        """GPU-busy milliseconds inside the task window, summed over devices."""
-        return self.figures.gpu_ms
-
-    @property
-    def gpu_util_ms(self) -> float:
-        """Utilisation-weighted GPU milliseconds inside the task window."""
-        return self.figures.gpu_util_ms
-
-    @property
-    def energy_mj(self) -> float | None:
-        """Energy in millijoules during the task; ``None`` where not measured."""
-        return self.figures.energy_mj
-
-    @property
-    def status(self) -> Status:
-        """``ok``, ``partial`` or ``unavailable``: live while running, final afterwards."""
-        return self.figures.status
-
-    @property
-    def coverage(self) -> float:
-        """Fraction of the task window (times devices) for which readings arrived."""
-        return self.figures.coverage
-
-    def __repr__(self) -> str:
-        f = self.figures
-        state = "running" if self.running else "ended"
-        return (
-            f"<TaskHandle {self.service!r} {state} gpu_ms={f.gpu_ms:.1f} "
-            f"gpu_util_ms={f.gpu_util_ms:.1f} status={f.status}>"
-        )
 
 
 class Tracker:
@@ -158,7 +46,7 @@ class Tracker:
             :class:`gputime.testing.SimulatedGpu`.
         interval: Seconds between sampler ticks while tasks run.
         threshold: Utilisation percent at or below which a sample counts as idle.
-        attribution: ``"device"``, ``"split"`` or ``"process"`` (see the spec).
+        attribution: ``"device"``, ``"split"`` or ``"process"`` (docs/semantics.md).
         devices: Device indices or ids to track; ``None`` for all this process may use.
         clock: Monotonic seconds; ``None`` takes the backend's clock if it has
             one (a ``SimulatedGpu``), else ``time.monotonic``.
@@ -185,97 +73,73 @@ class Tracker:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self._closed = True  # until construction succeeds, close() has nothing to do
-        interval = _check_number("interval", interval)
-        if interval <= 0:
-            raise ValueError(f"interval={interval!r}: must be a finite number > 0")
-        threshold = _check_number("threshold", threshold)
-        if not 0 <= threshold < 100:
+        self.interval: float = _validate.finite("interval", interval, positive=True)
+        self.threshold: float = _validate.finite("threshold", threshold)
+        if not 0 <= self.threshold < 100:
             raise ValueError(f"threshold={threshold!r}: must be in [0, 100)")
-        if attribution not in ATTRIBUTIONS:
-            raise ValueError(
-                f"attribution={attribution!r}: must be one of {', '.join(map(repr, ATTRIBUTIONS))}"
-            )
+        self.attribution: Attribution = _validate.attribution(attribution)
         if devices is not None and (
             isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
         ):
             raise ValueError(f"devices={devices!r}: must be None or a list of indices or ids")
         if clock is not None and not callable(clock):
             raise ValueError(f"clock={clock!r}: must be a callable returning seconds")
-        resolved = resolve_backend(backend)
-        if clock is None:
-            backend_clock = getattr(resolved, "clock", None)
-            clock = backend_clock if callable(backend_clock) else time.monotonic
-        self.clock: Clock = clock
-        self.interval: float = interval
-        self.threshold: float = threshold
-        self.attribution: Attribution = attribution
         self.threaded: bool = bool(threaded)
-        try:
-            session = resolved.open(clock=clock, devices=devices, attribution=attribution)
-        except BackendUnavailable as exc:
-            if backend != "auto":
-                raise
-            warn_auto_fallback(str(exc))
-            resolved = NoGpu(reason=str(exc))
-            session = resolved.open(clock=clock, devices=devices, attribution=attribution)
-        self.backend = resolved
-        self._session = session
-        self._resume: Callable[[], object] | None = getattr(session, "resume", None)
-        # Optional background work of the session's (NVML: when energy counters step).
-        due, calibrate = (
-            getattr(session, "calibration_due", None),
-            getattr(session, "calibrate", None),
+        self.backend, session, self.clock = open_backend(
+            backend, clock=clock, devices=devices, attribution=attribution
         )
-        self._calibration: tuple[Callable[[float], bool], Callable[[], object]] | None = (
-            (due, calibrate) if callable(due) and callable(calibrate) else None
-        )
-        # Devices that cannot report utilisation (MIG) are never read; the
-        # ledger counts them as missing, so figures read partial, never idle.
-        self._read_index = tuple(
-            i
-            for i, device in enumerate(session.devices)
-            if device.details.get("utilization", True) is not False
-        )
-        self._device_count = len(self._read_index) if session.measures_utilization else 0
+        self._faults = FaultLog()
+        self._reader = reader = DeviceReader(session, self._faults)
+        self._device_count = reader.count
+        period, jitter = reader.timing()
         self._ledger = Ledger(
-            devices=self._device_count,
-            unmeasured=len(session.devices) - self._device_count,
-            measures_utilization=self._session.measures_utilization,
-            measures_energy=self._session.measures_energy,
-            sample_period=self._session.sample_period,
-            sample_jitter=self._sample_jitter(),
+            devices=reader.count,
+            unmeasured=reader.unmeasured,
+            measures_utilization=session.measures_utilization,
+            measures_energy=session.measures_energy,
+            sample_period=period,
+            sample_jitter=jitter,
             attribution=attribution,
-            threshold=threshold,
-            clock=clock,
+            threshold=self.threshold,
+            clock=self.clock,
         )
         # The ledger's queues of recorded ends (the same objects for its life).
         self._recorded = self._ledger.recorded
         self._finished = self._ledger.finished
         self._start_listeners: tuple[Listener, ...] = ()
         self._end_listeners: tuple[Listener, ...] = ()
-        self._faults_logged: set[tuple[str, type[BaseException]]] = set()
-        self._faults_lock = threading.Lock()
         # A tracker that reads no device has nothing to sample: no thread at all.
         self._sampler = (
-            Sampler(self, interval=interval, name=f"gputime-sampler-{id(self):x}")
-            if self.threaded and self._device_count
+            Sampler(self, interval=self.interval, name=f"gputime-sampler-{id(self):x}")
+            if self.threaded and reader.count
             else None
         )
-        self._emitter = Emitter(self, tracer_provider, meter_provider)
+        try:
+            # The ledger's own stats, not ours: they may finish deferred ends,
+            # which call into the SDK, and totals are read inside its collection.
+            self._member, metrics_pending = _metrics.join(
+                meter_provider, self._ledger.stats, self._faults
+            )
+        except Exception as exc:  # noqa: BLE001 - a broken SDK must not break Tracker()
+            self._faults.report("otel.meter", exc)
+            self._member, metrics_pending = None, False
+        self._emitter = Emitter(
+            self.device_ids, self._faults, self._member, metrics_pending, tracer_provider
+        )
         self._closed = False
-        _register_for_fork(self)
+        _fork.register(self)
 
     # -- public API --------------------------------------------------------------------
 
     @property
     def devices(self) -> Sequence[DeviceInfo]:
         """The tracked devices."""
-        return self._session.devices
+        return self._reader.devices
 
     @property
     def device_ids(self) -> tuple[str, ...]:
         """Ids of the tracked devices (NVML UUIDs; simulated ids otherwise)."""
-        return tuple(device.id for device in self._session.devices)
+        return tuple(device.id for device in self._reader.devices)
 
     @property
     def sampler_running(self) -> bool:
@@ -321,7 +185,7 @@ class Tracker:
             for a service never seen).
         """
         if service is not None:
-            _check_service(service)
+            _validate.service(service)
         stats = self._ledger.stats(service)  # applies recorded ends first
         if self._finished:
             self._emit_finished()
@@ -330,13 +194,16 @@ class Tracker:
     def reset(self, service: str | None = None) -> None:
         """Zero one service's figures (or all); running tasks go on counting from now."""
         if service is not None:
-            _check_service(service)
-        self._emitter.reset(service, self._ledger.reset)
+            _validate.service(service)
+        if self._member is not None:
+            self._member.reset(service, self._ledger.reset)  # counters stay monotonic
+        else:
+            self._ledger.reset(service)
 
     def poll(self) -> None:
         """One sampling tick now, on the caller's thread.
 
-        Reads nothing when no task runs and every window is settled (rule 1).
+        Reads nothing when no task runs and every window is settled.
         """
         ledger = self._ledger
         ledger.apply_recorded()
@@ -344,17 +211,18 @@ class Tracker:
             self._emit_finished()
         if self._closed or not self._device_count or not ledger.wants_reading():
             return
-        reads = self._read_all()
-        ledger.ingest(reads, self._timing())
+        reader = self._reader
+        reads = reader.read_all(ledger.read_plan())
+        ledger.ingest(reads, reader.timing())
 
     def on_task_start(self, listener: ListenerT) -> ListenerT:
         """Call ``listener(task)`` when a task starts; usable as a decorator."""
-        self._start_listeners = (*self._start_listeners, _check_listener(listener))
+        self._start_listeners = (*self._start_listeners, _validate.callable_("listener", listener))
         return listener
 
     def on_task_end(self, listener: ListenerT) -> ListenerT:
         """Call ``listener(task)`` when a task ends (figures final); usable as a decorator."""
-        self._end_listeners = (*self._end_listeners, _check_listener(listener))
+        self._end_listeners = (*self._end_listeners, _validate.callable_("listener", listener))
         return listener
 
     def close(self) -> None:
@@ -369,12 +237,10 @@ class Tracker:
         if self._finished:
             self._emit_finished()
         self._closed = True
+        self._reader.closed = True
         if self._sampler is not None:
             self._sampler.close()
-        try:
-            self._session.close()
-        except Exception as exc:  # noqa: BLE001 - a driver fault must not escape close()
-            self._report_fault("close", exc)
+        self._reader.close()
 
     def __enter__(self) -> Tracker:
         return self
@@ -406,11 +272,11 @@ class Tracker:
         try:
             first = self._ledger.begin(handle, spec.service)
         except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
-            self._report_fault("task start", exc)
-            _unrecorded(handle)
+            self._faults.report("task start", exc)
+            unrecorded(handle)
             first = 0
         if first and (
-            (first == WOKE and self._resume is not None)
+            (first == WOKE and self._reader.resume is not None)
             or (self._sampler is not None and self._sampler.parked)
         ):
             self._first_task_began(first)
@@ -425,24 +291,25 @@ class Tracker:
         """No other task runs: refresh baselines after an idle spell, wake a parked sampler."""
         if self._closed:
             return
-        if first == WOKE and self._resume is not None:
+        resume = self._reader.resume
+        if first == WOKE and resume is not None:
             # Fresh baselines (NVML's energy counter) after an idle spell: one
             # driver call per idle spell, never per task.
             try:
-                self._resume()
+                resume()
             except Exception as exc:  # noqa: BLE001 - a driver fault is a reported status
-                self._report_fault("resume", exc)
+                self._faults.report("resume", exc)
         # The one cross-thread wake: the first task after the sampler parked.
         sampler = self._sampler
         if sampler is not None and sampler.parked:
             try:
                 sampler.wake()
             except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
-                self._report_fault("sampler", exc)
+                self._faults.report("sampler", exc)
 
     def _start_in_collection(self, handle: TaskHandle, spec: _task.gpu_task) -> None:
         if self._ledger.held_here():
-            _unrecorded(handle)  # waiting for the lock would wait for this very thread
+            unrecorded(handle)  # waiting for the lock would wait for this very thread
             return
         try:
             first = self._ledger.begin(handle, spec.service)
@@ -450,7 +317,7 @@ class Tracker:
             if first and sampler is not None and sampler.parked and not self._closed:
                 sampler.wake_from_collection()  # its ticks finish the recorded end
         except Exception:  # noqa: BLE001 - no logging inside a collection
-            _unrecorded(handle)
+            unrecorded(handle)
 
     def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
         ledger = self._ledger
@@ -460,22 +327,23 @@ class Tracker:
         try:
             end = self.clock()
         except Exception as fault:  # noqa: BLE001 - the task must end all the same
-            self._report_fault("clock", fault)
+            self._faults.report("clock", fault)
             end = -math.inf  # the ledger moves it up to its newest known instant
         try:
             if (
                 not self._device_count
-                or (end < ledger.fresh_until and not self._closed)
+                or (end < ledger.channels.fresh_until and not self._closed)
                 or handle._generation != ledger.generation  # begun before a fork
             ):
-                reads = None  # nothing to read, or nothing new can have been sampled
+                ledger.end(handle, end, None)  # nothing new can have been sampled
             else:
-                reads = self._read_all()
-            # The last task's end sets the settle deadline; the sampler, awake
-            # while tasks ran, finds it at its next tick (no wake: see Sampler).
-            ledger.end(handle, end, reads, None if reads is None else self._timing())
+                reader = self._reader
+                reads = reader.read_all(ledger.read_plan())
+                # The last task's end sets the settle deadline; the sampler,
+                # awake while tasks ran, finds it at its next tick (no wake).
+                ledger.end(handle, end, reads, reader.timing())
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
-            self._report_fault("task end", fault)
+            self._faults.report("task end", fault)
         if self._finished:
             self._emit_finished()  # ends recorded earlier come first
         if exc is not None and isinstance(exc, Exception):
@@ -522,36 +390,14 @@ class Tracker:
             if self._end_listeners:
                 self._notify(self._end_listeners, handle, "on_task_end")
 
-    def _read_all(self) -> list[ReadOutcome]:
-        """One read per device, outside the ledger lock; failures become outcomes."""
-        if self._closed:
-            closed = TrackerClosedError("the tracker was closed while the task ran")
-            return [closed] * self._device_count
-        read = self._session.read
-        index = self._read_index
-        reads: list[ReadOutcome] = []
-        for channel, since in enumerate(self._ledger.read_plan()):
+    def _notify(self, listeners: tuple[Listener, ...], handle: TaskHandle, kind: str) -> None:
+        for listener in listeners:
             try:
-                reads.append(read(index[channel], since))
-            except Exception as exc:  # noqa: BLE001 - any driver fault is a failed reading
-                self._report_fault("read", exc)
-                reads.append(exc)
-        return reads
+                listener(handle)
+            except Exception as exc:  # noqa: BLE001 - a listener must never break the task
+                self._faults.report(kind, exc, listener)
 
-    def _timing(self) -> tuple[float, float | None]:
-        """The driver's period and jitter as the backend knows them now.
-
-        NVML learns them from the samples it reads, so they are taken after
-        each read and applied with it: the exits that follow skip their reads
-        by what that read taught.
-        """
-        return self._session.sample_period, self._sample_jitter()
-
-    def _sample_jitter(self) -> float | None:
-        # Backends that know when their next sample can appear say so; the
-        # others get no read skipped at task exit.
-        jitter = getattr(self._session, "sample_jitter", None)
-        return None if jitter is None else float(jitter)
+    # -- what the sampler thread and gpu_task ask -----------------------------------------
 
     def _sampling_state(self) -> tuple[bool, float | None, float]:
         """For the sampler thread: tasks running, settle deadline, clock now."""
@@ -562,101 +408,27 @@ class Tracker:
         self._ledger.settle_done(deadline)
 
     def _calibrate_if_due(self) -> None:
-        """For the sampler thread, while tasks run: let the session calibrate when it is time.
-
-        NVML watches each energy counter for a few hundred milliseconds once a
-        minute to learn when it steps (see ``docs/nvml.md``): work that must
-        never land on a task's path, so only the sampler thread does it.
-        """
-        calibration = self._calibration
-        if calibration is None or self._closed:
-            return
-        due, calibrate = calibration
-        try:
-            if due(self.clock()):
-                calibrate()
-        except Exception as exc:  # noqa: BLE001 - a driver fault is a reported status
-            self._report_fault("calibrate", exc)
-
-    def _notify(self, listeners: tuple[Listener, ...], handle: TaskHandle, kind: str) -> None:
-        for listener in listeners:
-            try:
-                listener(handle)
-            except Exception as exc:  # noqa: BLE001 - a listener must never break the task
-                self._report_fault(kind, exc, listener)
+        """For the sampler thread, while tasks run: the session's background work."""
+        if not self._closed:
+            self._reader.calibrate_if_due(self.clock())
 
     def _report_fault(self, kind: str, exc: BaseException, where: object = None) -> None:
-        """Log a fault once per kind and exception type, at WARNING on logger ``gputime``."""
-        key = (kind, type(exc))
-        with self._faults_lock:
-            if key in self._faults_logged:
-                return
-            self._faults_logged.add(key)
-        _logger.warning(
-            "gputime: %s failed%s: %r (further %s faults of this type are not logged)",
-            kind,
-            f" in {where!r}" if where is not None else "",
-            exc,
-            kind,
-            exc_info=exc if kind not in ("read",) else None,
-        )
+        """Log a fault once per kind and exception type (the sampler thread's)."""
+        self._faults.report(kind, exc, where)
+
+    def _activate(self, handle: TaskHandle) -> object:
+        """Make a task's span current (decorated generators, around each resume)."""
+        return self._emitter.activate(handle)
+
+    def _deactivate(self, token: object) -> None:
+        """Undo :meth:`_activate`."""
+        self._emitter.deactivate(token)
 
     def _after_fork_in_child(self) -> None:
         self._ledger.clear_after_fork()
-        self._emitter._after_fork_in_child()
+        if self._member is not None:
+            self._member._after_fork_in_child()
         if self._sampler is not None:
             self._sampler.after_fork()
-        self._faults_lock = threading.Lock()
-        self._faults_logged = set()  # the child logs its own faults
-        if not self._closed:
-            try:
-                self._session.after_fork()
-            except Exception as exc:  # noqa: BLE001 - the child must start even without a GPU
-                self._report_fault("after_fork", exc)
-
-
-def _unrecorded(handle: TaskHandle) -> None:
-    """A handle the ledger never opened: its end changes nothing, its figures read partial."""
-    handle._generation = -1
-    handle._fail_epoch = 0
-    handle.start_time = math.nan
-    handle.concurrency = 0
-
-
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be a finite number")
-    return float(value)
-
-
-def _check_service(service: object) -> str:
-    if not isinstance(service, str):
-        raise TypeError(f"service must be a string, not {type(service).__name__}: {service!r}")
-    if not service.strip():
-        raise ValueError(f"service={service!r}: must not be empty or blank")
-    return service
-
-
-def _check_listener(listener: object) -> Listener:
-    if not callable(listener):
-        raise TypeError(f"listener must be callable, not {type(listener).__name__}")
-    return listener
-
-
-_fork_registry: weakref.WeakSet[Tracker] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _register_for_fork(tracker: Tracker) -> None:
-    # One process-wide hook over a weak set: a tracker that is garbage collected
-    # needs no re-initialisation and must not be kept alive by the hook.
-    global _fork_hook_installed
-    _fork_registry.add(tracker)
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_reinit_trackers_in_child)
-        _fork_hook_installed = True
-
-
-def _reinit_trackers_in_child() -> None:
-    for tracker in list(_fork_registry):
-        tracker._after_fork_in_child()
+        self._faults._after_fork_in_child()  # the child logs its own faults
+        self._reader.after_fork()

@@ -8,7 +8,7 @@ import math
 import pytest
 
 import gputime
-from gputime import Tracker, gpu_task
+from gputime import Tracker, _faults, gpu_task
 from gputime._backends import NoGpu, Reading, resolve_backend
 from gputime.testing import FakeClock, SimulatedGpu
 
@@ -176,9 +176,8 @@ class TestNoGpu:
             assert not tracker.sampler_running
 
     def test_auto_falls_back_to_none_with_one_warning(self, caplog, monkeypatch):
-        import gputime._backends as backends
 
-        monkeypatch.setattr(backends, "_warned_auto_fallback", False)
+        monkeypatch.setattr(_faults, "PROCESS", _faults.OnceLog())
         # No NVIDIA driver on this machine: NVML fails to load, for real.
         caplog.set_level(logging.WARNING, logger="gputime")
         first = resolve_backend("auto")

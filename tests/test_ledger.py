@@ -119,7 +119,7 @@ class TestBoundedMemory:
             clock.advance(rng.uniform(0, 0.1))
             if step % 5 == 0:
                 tracker.poll()
-            sizes = [len(c.pending) for c in ledger._util]
+            sizes = [len(c.pending) for c in ledger.channels.util]
             sizes += [len(s.bp_t) for s in ledger._services.values()]
             largest = max(largest, *sizes)
         assert largest < 200  # however long "long" has been running
@@ -131,7 +131,7 @@ class TestBoundedMemory:
         clock.advance(1)
         tracker.poll()
         assert ledger._tracking == set()
-        assert all(not c.pending for c in ledger._util)
+        assert all(not c.pending for c in ledger.channels.util)
 
     def test_long_task_figure_survives_pruning(self, clock: FakeClock):
         gpu = SimulatedGpu(clock=clock)
@@ -227,7 +227,7 @@ class TestLifecycle:
         with tracker.gpu_task("nmt"):
             for _ in range(5000):
                 tracker.reset("nmt")
-            assert max(len(c.pending) for c in tracker._ledger._util) < 200
+            assert max(len(c.pending) for c in tracker._ledger.channels.util) < 200
 
     def test_ending_a_task_twice_counts_once(self, tracker: Tracker, clock):
         task = tracker.gpu_task("nmt").__enter__()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gputime import Tracker
+from gputime import Tracker, _faults
 from gputime._backends import NoGpu, _nvml, resolve_backend
 from gputime._backends._base import BackendUnavailable
 from gputime._backends._nvml import NvmlBackend
@@ -252,9 +252,8 @@ def test_a_mig_gpu_beside_a_normal_one_is_never_read_and_makes_figures_partial(
 def test_auto_falls_back_to_none_with_one_warning(
     clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
-    import gputime._backends as backends
 
-    monkeypatch.setattr(backends, "_warned_auto_fallback", False)
+    monkeypatch.setattr(_faults, "PROCESS", _faults.OnceLog())
     double = FakeNvml(clock, 1)
     double.driver_loaded = False
     with installed(double):
@@ -347,7 +346,7 @@ def test_exits_read_the_driver_at_most_once_per_sample_period(
         if busy:
             assert task.gpu_util_ms == pytest.approx(0.6, abs=0.01)
             # Learned from the driver's timestamps (the double's are exact).
-            assert tracker._session.sample_jitter < 0.005  # type: ignore[attr-defined]
+            assert tracker._reader.session.sample_jitter < 0.005  # type: ignore[attr-defined]
 
 
 def test_a_fresh_gpu_is_asked_once_whether_its_first_busy_sample_is_still_the_newest(
@@ -380,7 +379,7 @@ def test_the_sampler_thread_learns_when_the_energy_counter_steps():
     with installed(double):
         backend = NvmlBackend(**double.backend_clocks())
         with Tracker(backend=backend, clock=double.clock, interval=0.05) as tracker:
-            session = tracker._session
+            session = tracker._reader.session
             with tracker.gpu_task("calibrated"):
                 deadline = time.monotonic() + 10.0
                 while session.calibration_due(double.clock()) and time.monotonic() < deadline:

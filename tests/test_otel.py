@@ -34,8 +34,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
 import gputime
-from gputime import Tracker
-from gputime import _otel as otel_module
+from gputime import Tracker, _emitter, _metrics, _providers
 from gputime._backends import Reading
 from gputime._backends._base import DeviceInfo
 from gputime.testing import FakeClock, SimulatedGpu
@@ -499,22 +498,22 @@ class TestErrors:
         assert span.events == ()
 
     def test_error_type_names(self):
-        assert otel_module.error_type(KeyError("k")) == "KeyError"
+        assert _emitter.error_type(KeyError("k")) == "KeyError"
         # Python 3.10's asyncio.TimeoutError is a class of its own (the builtin from 3.11).
         timeout = (
             "TimeoutError"
             if asyncio.TimeoutError is TimeoutError
             else "asyncio.exceptions.TimeoutError"
         )
-        assert otel_module.error_type(asyncio.TimeoutError()) == timeout
-        assert otel_module.error_type(MyError()) == f"{__name__}.MyError"
+        assert _emitter.error_type(asyncio.TimeoutError()) == timeout
+        assert _emitter.error_type(MyError()) == f"{__name__}.MyError"
 
     def test_error_type_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch):
-        monkeypatch.setattr(otel_module, "_error_types", {})
+        monkeypatch.setattr(_emitter, "_error_types", {})
         for i in range(600):
             kind = type(f"Made{i}", (Exception,), {})
-            assert otel_module.error_type(kind()) == f"{__name__}.Made{i}"
-        assert len(otel_module._error_types) == 512
+            assert _emitter.error_type(kind()) == f"{__name__}.Made{i}"
+        assert len(_emitter._error_types) == 512
 
 
 class TestSpanFalse:
@@ -638,10 +637,10 @@ class TestNobodyListens:
         self, fresh_globals: None, monkeypatch: pytest.MonkeyPatch, sdk: Sdk
     ):
         # Should a future API rename its module global, the public getter decides.
-        monkeypatch.setattr(otel_module, "_metrics_internal", object())
-        assert otel_module._global_meter_provider() is None
+        monkeypatch.setattr(_providers, "metrics_internal", object())
+        assert _providers.global_meter_provider() is None
         otel_metrics.set_meter_provider(sdk.meter_provider)  # type: ignore[arg-type]
-        assert otel_module._global_meter_provider() is sdk.meter_provider
+        assert _providers.global_meter_provider() is sdk.meter_provider
 
     def test_sampled_out_span_is_current_but_gets_no_attributes(self, gpu: SimulatedGpu):
         exporter = InMemorySpanExporter()
@@ -846,13 +845,13 @@ class TestResetKeepsCountersMonotonic:
         traced.poll()
         # No collection between this growth and the reset, and the growth after the
         # reset exceeds what was there: only the hook can count it all.
-        traced._emitter.reset("nmt", ledger_reset)
+        traced._member.reset("nmt", ledger_reset)
         with traced.gpu_task("nmt"):
             clock.advance(12 * P)
         clock.advance(P)
         traced.poll()
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5 + 1.0 + 2.0)
-        traced._emitter.reset(None, ledger_reset)
+        traced._member.reset(None, ledger_reset)
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(3.5)
 
     def test_reset_hook_before_any_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
@@ -865,14 +864,16 @@ class TestResetKeepsCountersMonotonic:
             clock.advance(6 * P)
         clock.advance(P)
         traced.poll()
-        traced._emitter.reset("nmt", ledger_reset)
+        traced._member.reset("nmt", ledger_reset)
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
 
-    def test_reset_hook_without_metrics(self, gpu: SimulatedGpu):
-        calls: list[str | None] = []
+    def test_reset_without_metrics(self, gpu: SimulatedGpu):
         with Tracker(backend=gpu, threaded=False, meter_provider=NoOpMeterProvider()) as t:
-            t._emitter.reset("nmt", calls.append)  # type: ignore[arg-type]
-        assert calls == ["nmt"]
+            assert t._member is None  # nothing records: no counters to keep monotonic
+            with t.gpu_task("nmt"):
+                pass
+            t.reset("nmt")
+            assert t.stats("nmt").task_count == 0
 
     def test_reset_hook_tolerates_a_ledger_that_returns_nothing(
         self, traced: Tracker, sdk: Sdk, clock, busy
@@ -882,7 +883,7 @@ class TestResetKeepsCountersMonotonic:
         clock.advance(P)
         traced.poll()
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        traced._emitter.reset("nmt", traced._ledger.reset)  # type: ignore[arg-type]
+        traced._member.reset("nmt", traced._ledger.reset)  # type: ignore[arg-type]
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
 
 
@@ -938,13 +939,15 @@ class TestSharedProvider:
         dead = weakref.ref(gone)
         del gone
         with Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as tracker:
-            metric_set = tracker._emitter._metric_set
+            metric_set = tracker._member.metric_set
             assert metric_set is not None
             # A collected tracker that had counted 1 s, whose id the new one got
             # before any collection noticed it was gone.
-            key = id(tracker._emitter)
+            member = tracker._member
+            assert member is not None
+            key = id(member)
             metric_set._members[key] = (dead, {"nmt": [1.0, 0.5, -1.0]})  # type: ignore[dict-item]
-            metric_set.join(tracker._emitter)
+            metric_set.join(member)
             with tracker.gpu_task("nmt"):
                 pass
             assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
@@ -967,7 +970,7 @@ class TestCardinality:
         sdk: Sdk,
         clock: FakeClock,
     ):
-        monkeypatch.setenv(otel_module.MAX_SERVICES_ENV, "2")
+        monkeypatch.setenv(_metrics.MAX_SERVICES_ENV, "2")
         gpu = SimulatedGpu(clock=clock)
         gpu.set_utilization(100)
         with Tracker(
@@ -1001,10 +1004,10 @@ class TestCardinality:
     def test_a_bad_cap_falls_back_to_the_default(
         self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raw: str
     ):
-        monkeypatch.setenv(otel_module.MAX_SERVICES_ENV, raw)
+        monkeypatch.setenv(_metrics.MAX_SERVICES_ENV, raw)
         with caplog.at_level(logging.WARNING, logger="gputime"):
-            assert otel_module._max_services() == otel_module.MAX_SERVICES
-        assert otel_module.MAX_SERVICES_ENV in caplog.text
+            assert _metrics._max_services() == _metrics.MAX_SERVICES
+        assert _metrics.MAX_SERVICES_ENV in caplog.text
 
 
 # -- faults never reach user code -------------------------------------------------------------
@@ -1076,7 +1079,8 @@ class TestFaults:
         def broken_stats(service: str | None = None) -> Any:
             raise RuntimeError("ledger on fire")
 
-        monkeypatch.setattr(traced._ledger, "stats", broken_stats)
+        assert traced._member is not None
+        monkeypatch.setattr(traced._member, "_totals", broken_stats)
         with caplog.at_level(logging.WARNING, logger="gputime"):
             assert sdk.points("gputime.gpu.busy_time") == {}
         assert "otel.metric failed" in caplog.text
@@ -1086,15 +1090,15 @@ class TestFaults:
         def tokens() -> Iterator[int]:
             yield 1
 
-        monkeypatch.setattr(otel_module.otel_context, "attach", Broken().attach)
-        monkeypatch.setattr(otel_module.otel_context, "detach", Broken().detach)
+        monkeypatch.setattr(_emitter.otel_context, "attach", Broken().attach)
+        monkeypatch.setattr(_emitter.otel_context, "detach", Broken().detach)
         with caplog.at_level(logging.WARNING, logger="gputime"):
             assert list(tokens()) == [1]
             traced._emitter.deactivate(object())
         assert "otel.context failed" in caplog.text
 
     def test_a_failing_borrowed_span(self, traced: Tracker, monkeypatch, caplog):
-        monkeypatch.setattr(otel_module.otel_trace, "get_current_span", Broken().get)
+        monkeypatch.setattr(_emitter.otel_trace, "get_current_span", Broken().get)
         with caplog.at_level(logging.WARNING, logger="gputime"), traced.gpu_task("nmt", span=False):
             pass
         assert "otel.span failed" in caplog.text
@@ -1135,8 +1139,8 @@ class TestFork:
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
         # What the at-fork hooks run in a child, run here on this state.
         traced._after_fork_in_child()
-        otel_module._reinit_registry_in_child()
-        assert traced._emitter._carry == {}
+        _metrics._after_fork_in_child()
+        assert traced._member._carry == {}
         with traced.gpu_task("nmt"):
             clock.advance(3 * P)
         clock.advance(P)

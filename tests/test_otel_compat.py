@@ -36,8 +36,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.util._once import Once
 from opentelemetry.version import __version__ as api_version
 
-from gputime import Tracker
-from gputime import _otel as otel_module
+from gputime import Tracker, _faults, _metrics, _providers
 from gputime.testing import FakeClock, SimulatedGpu
 from tests.test_otel import Sdk
 
@@ -115,13 +114,13 @@ def _without(module: types.ModuleType, *names: str) -> types.ModuleType:
 
 def _reload_metrics_api_without_internal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Load gputime's metrics API again where ``opentelemetry.metrics._internal`` is gone."""
-    otel_module._load_metrics_api()
-    for name in ("otel_metrics", "_metrics_internal", "NoOpMeter", "Observation"):
-        monkeypatch.setattr(otel_module, name, getattr(otel_module, name))  # restored after
-    monkeypatch.setattr(otel_module, "otel_metrics", None)
+    _providers.load_metrics()
+    for name in ("metrics_api", "metrics_internal"):
+        monkeypatch.setattr(_providers, name, getattr(_providers, name))  # restored after
+    monkeypatch.setattr(_providers, "metrics_api", None)
     monkeypatch.delattr(otel_metrics, "_internal")
     monkeypatch.setitem(sys.modules, "opentelemetry.metrics._internal", None)  # ImportError
-    otel_module._load_metrics_api()
+    _providers.load_metrics()
 
 
 @pytest.fixture(params=["names renamed", "module gone"])
@@ -139,14 +138,14 @@ def public_api_only(
     trace_view.get_tracer_provider = _counting(  # type: ignore[attr-defined]
         calls, "tracer", otel_trace.get_tracer_provider
     )
-    monkeypatch.setattr(otel_module, "otel_trace", trace_view)
+    monkeypatch.setattr(_providers, "trace_api", trace_view)
     if request.param == "module gone":
         _reload_metrics_api_without_internal(monkeypatch)
-        assert otel_module._metrics_internal is None
+        assert _providers.metrics_internal is None
     else:
-        otel_module._load_metrics_api()
+        _providers.load_metrics()
         hidden = _without(metrics_internal, "_METER_PROVIDER", "_PROXY_METER_PROVIDER")
-        monkeypatch.setattr(otel_module, "_metrics_internal", hidden)
+        monkeypatch.setattr(_providers, "metrics_internal", hidden)
     monkeypatch.setattr(
         otel_metrics,
         "get_meter_provider",
@@ -154,7 +153,7 @@ def public_api_only(
     )
     # Metric sets of the global provider are keyed by the API's proxy where
     # gputime can see it; here they share one key, so start from an empty registry.
-    monkeypatch.setattr(otel_module, "_registry", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(_metrics, "_registry", weakref.WeakKeyDictionary())
     return calls
 
 
@@ -252,7 +251,7 @@ def test_this_api_has_the_private_names_of_the_fast_path():
     assert not missing, (
         f"opentelemetry-api {api_version} has no {missing}: gputime works through the "
         "public getters (TestWithoutThePrivateNames) but calls one on every task while "
-        "no SDK is installed; point the fast path in gputime/_otel.py at the new names"
+        "no SDK is installed; point the fast path in gputime/_providers.py at the new names"
     )
 
 
@@ -265,7 +264,7 @@ def test_with_them_a_task_asks_no_getter(
         "get_tracer_provider",
         _counting(calls, "tracer", otel_trace.get_tracer_provider),
     )
-    otel_module._load_metrics_api()
+    _providers.load_metrics()
     monkeypatch.setattr(
         otel_metrics,
         "get_meter_provider",
@@ -281,9 +280,9 @@ def test_with_them_a_task_asks_no_getter(
 
 def test_the_metrics_api_loads_without_its_private_module(monkeypatch: pytest.MonkeyPatch):
     _reload_metrics_api_without_internal(monkeypatch)
-    assert otel_module.otel_metrics is otel_metrics
-    assert otel_module._metrics_internal is None
-    assert otel_module.NoOpMeter is otel_metrics.NoOpMeter
+    assert _providers.metrics_api is otel_metrics
+    assert _providers.metrics_internal is None
+    assert _providers.load_metrics().NoOpMeter is otel_metrics.NoOpMeter
 
 
 # -- histogram buckets -----------------------------------------------------------------------
@@ -331,7 +330,7 @@ def _record_one_task(provider: Any, clock: FakeClock) -> None:
 @pytest.fixture
 def unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The once-per-process warning about missing bucket advice not yet given."""
-    monkeypatch.setattr(otel_module, "_unadvised_warned", False)
+    monkeypatch.setattr(_faults, "PROCESS", _faults.OnceLog())
 
 
 def _advice_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -345,7 +344,7 @@ def test_the_buckets_are_advised(
     reader = InMemoryMetricReader()
     with caplog.at_level(logging.WARNING, logger="gputime"):
         _record_one_task(MeterProvider(metric_readers=[reader]), clock)
-    assert _duration_bounds(reader) == otel_module.DURATION_BUCKETS
+    assert _duration_bounds(reader) == _metrics.DURATION_BUCKETS
     assert _advice_warnings(caplog) == []
 
 
@@ -377,7 +376,7 @@ def test_the_documented_view_gives_the_buckets_back(
     reader = InMemoryMetricReader()
     provider = _ProviderWithoutAdvice(MeterProvider(metric_readers=[reader], views=[view]))
     _record_one_task(provider, clock)
-    assert _duration_bounds(reader) == otel_module.DURATION_BUCKETS
+    assert _duration_bounds(reader) == _metrics.DURATION_BUCKETS
 
 
 def test_a_global_sdk_warns_exactly_where_the_api_takes_no_advice(

@@ -255,7 +255,7 @@ class DuringRead:
     takes the ledger lock while a task's exit read is in flight."""
 
     def __init__(self, tracker: Tracker) -> None:
-        session = tracker._session
+        session = tracker._reader.session
         self.tracker, self._read, self.actions = tracker, session.read, []
         session.read = self.read  # type: ignore[method-assign]
 
@@ -265,7 +265,7 @@ class DuringRead:
         return self._read(device, since)
 
     def end_with_read(self, handle: object) -> None:
-        self.tracker._ledger.fresh_until = -math.inf  # make this exit read
+        self.tracker._ledger.channels.fresh_until = -math.inf  # make this exit read
         self.tracker._end_task(handle, None)  # type: ignore[arg-type]
 
 

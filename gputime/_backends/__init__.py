@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 
 from gputime._backends._base import (
-    Attribution,
     Backend,
     BackendUnavailable,
-    Clock,
     DeviceInfo,
-    DeviceSelector,
     Reading,
     Sample,
     Session,
 )
 from gputime._backends._none import NoGpu
+from gputime._faults import log_once
+from gputime._types import Attribution, Clock, DeviceSelector
 
 __all__ = [
     "Attribution",
@@ -28,12 +29,9 @@ __all__ = [
     "Reading",
     "Sample",
     "Session",
+    "open_backend",
     "resolve_backend",
-    "warn_auto_fallback",
 ]
-
-_logger = logging.getLogger("gputime")
-_warned_auto_fallback = False
 
 BACKEND_NAMES = ("auto", "nvml", "none")
 
@@ -55,8 +53,7 @@ def resolve_backend(spec: str | Backend) -> Backend:
             try:
                 return _nvml_backend()
             except BackendUnavailable as exc:
-                warn_auto_fallback(str(exc))
-                return NoGpu(reason=str(exc))
+                return _fallback(str(exc))
         raise ValueError(
             f"backend={spec!r}: unknown backend name (expected one of "
             f"{', '.join(repr(n) for n in BACKEND_NAMES)}, or a backend object)"
@@ -69,6 +66,40 @@ def resolve_backend(spec: str | Backend) -> Backend:
     )
 
 
+def open_backend(
+    spec: str | Backend,
+    *,
+    clock: Clock | None,
+    devices: Sequence[DeviceSelector] | None,
+    attribution: Attribution,
+) -> tuple[Backend, Session, Clock]:
+    """Resolve and open the ``backend=`` argument for one tracker.
+
+    ``"auto"`` falls back to ``"none"`` (one warning per process) where NVML
+    cannot start, or starts but cannot be opened.
+
+    Returns:
+        The backend, its session, and the clock: ``clock``, else the backend's
+        own (a ``SimulatedGpu``'s), else ``time.monotonic``.
+
+    Raises:
+        ValueError: A bad backend, device or attribution.
+        BackendUnavailable: ``"nvml"`` where NVML cannot start.
+    """
+    backend = resolve_backend(spec)
+    if clock is None:
+        own = getattr(backend, "clock", None)
+        clock = own if callable(own) else time.monotonic
+    try:
+        session = backend.open(clock=clock, devices=devices, attribution=attribution)
+    except BackendUnavailable as exc:
+        if spec != "auto":
+            raise
+        backend = _fallback(str(exc))
+        session = backend.open(clock=clock, devices=devices, attribution=attribution)
+    return backend, session, clock
+
+
 def _nvml_backend() -> Backend:
     # Imported here so that importing gputime never loads the NVML bindings.
     from gputime._backends._nvml import NvmlBackend  # noqa: PLC0415 - see above
@@ -76,13 +107,13 @@ def _nvml_backend() -> Backend:
     return NvmlBackend()
 
 
-def warn_auto_fallback(reason: str) -> None:
-    """Log, once per process, that ``"auto"`` found no GPU it can measure."""
-    global _warned_auto_fallback
-    if not _warned_auto_fallback:
-        _warned_auto_fallback = True
-        _logger.warning(
-            "gputime: no NVIDIA GPU can be measured (%s); tasks are still counted, "
-            "GPU figures stay 0 with status 'unavailable'",
-            reason,
-        )
+def _fallback(reason: str) -> NoGpu:
+    """``"auto"`` found no GPU it can measure: no GPU figures, one warning per process."""
+    log_once(
+        "auto-fallback",
+        logging.WARNING,
+        "gputime: no NVIDIA GPU can be measured (%s); tasks are still counted, "
+        "GPU figures stay 0 with status 'unavailable'",
+        reason,
+    )
+    return NoGpu(reason=reason)

@@ -9,13 +9,23 @@ one call per device; everything downstream (the ledger) only ever sees
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-Attribution = Literal["device", "split", "process"]
-Clock = Callable[[], float]
-DeviceSelector = int | str
+from gputime._types import Attribution, Clock, DeviceSelector
+
+__all__ = [
+    "Attribution",
+    "Backend",
+    "BackendUnavailable",
+    "Clock",
+    "DeviceInfo",
+    "DeviceSelector",
+    "Reading",
+    "Sample",
+    "Session",
+]
 
 #: One timestamped value: ``(end, value)`` on the tracker's clock. The value
 #: covers the stretch from the previous sample's end (or the channel's ingest

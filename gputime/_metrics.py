@@ -1,0 +1,526 @@
+"""Per-service metrics: observable counters that never go down, one snapshot per export.
+
+Metrics read the services' totals from observable instruments, at collection
+time, so the GPU time of a long-running task shows as the sampler ingests it,
+counted once however many tasks of the service overlap. Counters must never go
+down, but ``reset(service)`` zeroes the ledger: each tracker's :class:`Member`
+keeps, per service, an offset that carries what was counted before every reset
+(see :meth:`Member.reset` and ``docs/opentelemetry.md``).
+
+The instruments of one meter provider are shared by every tracker that uses it
+(an SDK meter hands back the first instrument of a name and drops the callbacks
+of later ones), so a :class:`MetricSet` per provider sums its members' totals,
+caps the number of distinct services, keeps the contribution of a tracker that
+was garbage collected, and takes one snapshot per export, which all four
+instruments report (they cannot disagree with each other).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from gputime import _fork, _providers
+from gputime._faults import FaultLog, log_once
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+    from opentelemetry.util.types import AttributeValue
+
+    from gputime._figures import ServiceStats
+
+#: Bucket boundaries of ``gputime.task.duration`` in seconds: GPU tasks run from
+#: a few milliseconds (one kernel batch) to minutes (a long synthesis or a
+#: training step), so the buckets step 1-2.5-5 from 1 ms to 10 s and then
+#: widen to 10 minutes.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+#: How many distinct service names get their own metric series per meter
+#: provider; later ones share the overflow series. Override with the
+#: ``GPUTIME_METRICS_MAX_SERVICES`` environment variable (read when a provider's
+#: set is made). Spans are not capped: a span is an event, not a time series.
+MAX_SERVICES = 100
+MAX_SERVICES_ENV = "GPUTIME_METRICS_MAX_SERVICES"
+
+#: The ``gputime.service`` value of the overflow series.
+OVERFLOW_SERVICE = "_overflow"
+
+_OVERFLOW_ATTRIBUTES: Mapping[str, AttributeValue] = {
+    "gputime.service": OVERFLOW_SERVICE,
+    "otel.metric.overflow": True,
+}
+
+#: Columns of a series' values, and the running-task count.
+_BUSY, _UTIL, _ENERGY, _ACTIVE = 0, 1, 2, 3
+
+#: Totals are per series key: a service name, or ``None`` for the overflow series.
+SeriesKey = str | None
+Totals = dict[SeriesKey, list[float]]
+
+
+def _max_services() -> int:
+    raw = os.environ.get(MAX_SERVICES_ENV)
+    if raw is None:
+        return MAX_SERVICES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        log_once(
+            ("max-services", raw),
+            logging.WARNING,
+            "gputime: %s=%r is not a positive integer; using %d",
+            MAX_SERVICES_ENV,
+            raw,
+            MAX_SERVICES,
+        )
+        return MAX_SERVICES
+    return value
+
+
+class Member:
+    """One tracker's part in a metric set: its totals, carried across resets.
+
+    Args:
+        metric_set: The instruments of the tracker's meter provider.
+        totals: The tracker's service figures (the ledger's ``stats``, never
+            ``Tracker.stats()``: that may finish deferred task ends, which call
+            into the SDK, and totals are read inside the SDK's collection).
+        faults: Where a failure to read the totals is reported.
+    """
+
+    __slots__ = ("__weakref__", "_carry", "_faults", "_totals", "metric_set")
+
+    def __init__(
+        self,
+        metric_set: MetricSet,
+        totals: Callable[[], dict[str, ServiceStats]],
+        faults: FaultLog,
+    ) -> None:
+        self.metric_set = metric_set
+        self._totals = totals
+        self._faults = faults
+        # Per service, [offset, last raw total] for busy, util and energy (see reset()).
+        self._carry: dict[str, list[list[float]]] = {}
+        metric_set.join(self)
+
+    def reset(
+        self,
+        service: str | None,
+        ledger_reset: Callable[[str | None], Mapping[str, ServiceStats] | None],
+    ) -> None:
+        """Run the ledger's reset so that the exported counters stay monotonic.
+
+        ``ledger_reset(service)`` zeroes the ledger and returns the snapshots it
+        zeroed (taken under the ledger lock). Their totals are added to this
+        member's per-service offsets while the metric callbacks are held off,
+        so an exported counter goes on from exactly where it was. Without this
+        hook (or if ``ledger_reset`` returns ``None``) a reset is still noticed
+        at the next collection, as a total that went down, and what the service
+        counted between the previous collection and the reset is lost (the
+        counter stays monotonic, it only misses that stretch).
+        """
+        with self.metric_set.lock:
+            zeroed = ledger_reset(service)
+            if not zeroed:
+                return
+            for name, before in zeroed.items():
+                carry = self._carry_of(name)
+                for column, value in enumerate(_milli_totals(before)):
+                    carry[column][0] += value
+                    carry[column][1] = 0.0
+
+    def _carry_of(self, name: str) -> list[list[float]]:
+        carry = self._carry.get(name)
+        if carry is None:
+            carry = self._carry[name] = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+        return carry
+
+    def observe(self) -> Iterable[tuple[str, tuple[float, float, float | None], int]]:
+        """Per service: monotonic (busy s, util s, energy J or None), and running tasks.
+
+        Called by the metric set with its lock held.
+        """
+        for name, snapshot in self._totals().items():
+            carry = self._carry_of(name)
+            out: list[float] = []
+            for column, raw in enumerate(_milli_totals(snapshot)):
+                kept = carry[column]
+                if raw < kept[1]:
+                    # The ledger went down: a reset this member was not told
+                    # about. Keep what was seen before it.
+                    kept[0] += kept[1]
+                kept[1] = raw
+                out.append(kept[0] + raw)
+            energy = out[_ENERGY] / 1000.0 if snapshot.energy_mj is not None else None
+            yield name, (out[_BUSY] / 1000.0, out[_UTIL] / 1000.0, energy), snapshot.active_tasks
+
+    def _after_fork_in_child(self) -> None:
+        # A new process starts at zero: nothing carried over.
+        self._carry = {}
+
+
+class MetricSet:
+    """The instruments of one meter provider, shared by the trackers using it.
+
+    Also owns the service-name cap: the first :data:`MAX_SERVICES` names seen
+    get a series each, the rest share the overflow series (one warning).
+    """
+
+    @classmethod
+    def for_provider(cls, key: object, meter: Meter) -> MetricSet:
+        """The metric set of a provider (``key``), made on ``meter`` the first time."""
+        with _registry_lock:
+            found = _registry.get(key)
+            if found is None:
+                found = _registry[key] = cls(meter)
+            return found
+
+    def __init__(self, meter: Meter) -> None:
+        # Guards the members, their last contributions, the retired and
+        # exported totals, the series, the snapshot and every member's
+        # carries. Held only over gputime's own arithmetic and ledger reads:
+        # nothing logs, records into an SDK or calls a listener while it is held.
+        self.lock = threading.Lock()
+        self.max_services = _max_services()
+        self._series: dict[str, Mapping[str, AttributeValue]] = {}
+        self._own_series = 0
+        #: The first service sent to the overflow series, until it is logged.
+        self._overflowed: str | None = None
+        # Members feeding the instruments, and what each contributed at the
+        # last collection, so that a garbage-collected tracker's counts stay.
+        self._members: dict[int, tuple[weakref.ref[Member], Totals]] = {}
+        self._retired: Totals = {}
+        self._exported: Totals = {}
+        # One export's snapshot, and the columns it has served: the first
+        # instrument a collection asks takes it, the others reuse it.
+        self._snapshot: dict[SeriesKey, tuple[list[float], int]] | None = None
+        self._served: set[int] = set()
+        #: Whether the histogram's meter took DURATION_BUCKETS as advice.
+        self.buckets_advised = True
+        self.histogram = self._make_histogram(meter)
+        for name, column, unit, description in (
+            (
+                "gputime.gpu.busy_time",
+                _BUSY,
+                "s",
+                "GPU-busy time of the service's tasks, summed over devices "
+                "(time shared by overlapping tasks of one service counted once)",
+            ),
+            (
+                "gputime.gpu.util_time",
+                _UTIL,
+                "s",
+                "Utilisation-weighted GPU time of the service's tasks, summed over devices",
+            ),
+            (
+                "gputime.gpu.energy",
+                _ENERGY,
+                "J",
+                "GPU energy during the service's tasks, where the backend measures it",
+            ),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[self._callback(column)], unit=unit, description=description
+            )
+        meter.create_observable_up_down_counter(
+            "gputime.task.active",
+            callbacks=[self._callback(_ACTIVE)],
+            unit="{task}",
+            description="Tasks of the service running now",
+        )
+
+    # -- the duration histogram ----------------------------------------------------------
+
+    def _make_histogram(self, meter: Meter) -> Histogram:
+        name, unit = "gputime.task.duration", "s"
+        description = "Duration of the service's tasks, on the tracker's clock"
+        try:
+            histogram = meter.create_histogram(
+                name,
+                unit=unit,
+                description=description,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )
+        except TypeError:
+            # opentelemetry-api/sdk < 1.30 (or a meter of another make) takes no
+            # bucket advice: the SDK's default buckets, made for milliseconds,
+            # put every task under 5 s in one bucket. check_buckets_advised()
+            # says so once an SDK records.
+            self.buckets_advised = False
+            return meter.create_histogram(name, unit=unit, description=description)
+        self.buckets_advised = True
+        return histogram
+
+    def check_buckets_advised(self) -> None:
+        """Warn once per process when the recording meter took no bucket advice.
+
+        Called where the histogram is bound to a recording meter (never under a
+        lock, never from the garbage collector).
+        """
+        if not self.buckets_advised:
+            log_once(
+                "bucket-advice",
+                logging.WARNING,
+                "gputime: this OpenTelemetry meter takes no bucket advice (opentelemetry-api "
+                "and -sdk < 1.30): gputime.task.duration gets the SDK's default buckets, "
+                "which put every task under 5 s in one bucket. Upgrade to 1.30 or later, "
+                "or give the SDK's MeterProvider a View with gputime's buckets "
+                "(docs/compatibility.md).",
+            )
+
+    def use_real_meter(self, provider: MeterProvider) -> Histogram:
+        """The global SDK arrived: record on its histogram directly, not through the proxy."""
+        meter = provider.get_meter(_providers.SCOPE, _providers.VERSION)
+        if isinstance(meter, _providers.load_metrics().NoOpMeter):
+            self.buckets_advised = True  # nothing records: no buckets to be wrong
+            return self.histogram
+        # The SDK already made this instrument for the proxy: it hands back the same one.
+        self.histogram = self._make_histogram(meter)
+        return self.histogram
+
+    # -- members and series ----------------------------------------------------------------
+
+    def join(self, member: Member) -> None:
+        """Add a tracker's totals to the instruments (held weakly)."""
+        with self.lock:
+            old = self._members.get(id(member))
+            if old is not None:
+                # The id of a member collected since the last collection, reused.
+                self._retire(old[1])
+            self._members[id(member)] = (weakref.ref(member), {})
+
+    def _retire(self, last: Totals) -> None:
+        for key, values in last.items():
+            _add(self._retired.setdefault(key, [0.0, 0.0, -1.0]), values)
+
+    def series_attributes(self, service: str) -> Mapping[str, AttributeValue]:
+        """The metric attributes of a service (shared dict, never mutated)."""
+        attrs = self._series.get(service)
+        if attrs is not None:
+            return attrs
+        with self.lock:
+            attrs = self._assign(service)
+        self._log_overflow()
+        return attrs
+
+    def _assign(self, service: str) -> Mapping[str, AttributeValue]:
+        attrs = self._series.get(service)
+        if attrs is None:
+            if self._own_series < self.max_services:
+                self._own_series += 1
+                attrs = {"gputime.service": service}
+            else:
+                attrs = _OVERFLOW_ATTRIBUTES
+                if self._overflowed is None:
+                    self._overflowed = service  # logged once the lock is released
+            self._series[service] = attrs
+        return attrs
+
+    def _log_overflow(self) -> None:
+        service, self._overflowed = self._overflowed, None
+        if service is not None:
+            log_once(
+                ("overflow", id(self)),
+                logging.WARNING,
+                "gputime: more than %d service names; metrics of %r and later "
+                "new services go to gputime.service=%r (spans keep the real name; "
+                "raise the cap with %s)",
+                self.max_services,
+                service,
+                OVERFLOW_SERVICE,
+                MAX_SERVICES_ENV,
+            )
+
+    # -- collection --------------------------------------------------------------------------
+
+    def _callback(self, column: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        # A weak reference: the SDK keeps callbacks for its whole life, and it
+        # must not keep the metric set (and through it trackers) alive.
+        ref = weakref.ref(self)
+
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            metric_set = ref()
+            if metric_set is None:  # pragma: no cover - the registry holds it while in use
+                return []
+            return metric_set._observations(column)
+
+        return callback
+
+    def _observations(self, column: int) -> list[Observation]:
+        observation = _providers.load_metrics().Observation
+        faults: list[tuple[Member, Exception]] = []
+        with self.lock:
+            snapshot = self._snapshot
+            if snapshot is None or column in self._served:
+                # A new export: the column asked again means the last one is over.
+                snapshot = self._snapshot = self._collect(faults)
+                self._served = set()
+            self._served.add(column)
+            out = []
+            for key, (values, active) in snapshot.items():
+                attrs = _OVERFLOW_ATTRIBUTES if key is None else self._series[key]
+                if column == _ACTIVE:
+                    out.append(observation(active, attrs))
+                elif values[column] >= 0.0:  # energy is -1 where not measured
+                    out.append(observation(values[column], attrs))
+        for member, exc in faults:
+            member._faults.report("otel.metric", exc)
+        self._log_overflow()
+        return out
+
+    def _collect(
+        self, faults: list[tuple[Member, Exception]]
+    ) -> dict[SeriesKey, tuple[list[float], int]]:
+        """Per series: [busy s, util s, energy J or -1] and running tasks.
+
+        The counters are summed over the members, plus what retired (garbage
+        collected) members left, and never below what was exported before.
+        A member whose figures cannot be read goes into ``faults``, to be
+        reported once the lock is released.
+        """
+        totals: Totals = {}
+        active: dict[SeriesKey, int] = {}
+        for key_id, (ref, last) in list(self._members.items()):
+            member = ref()
+            if member is None:
+                del self._members[key_id]
+                self._retire(last)
+                continue
+            contribution: Totals = {}
+            try:
+                observed = list(member.observe())
+            except Exception as exc:  # noqa: BLE001 - a collection must not fail
+                faults.append((member, exc))
+                observed = []
+            for service, (busy, util, energy), running in observed:
+                key = None if self._assign(service) is _OVERFLOW_ATTRIBUTES else service
+                values = contribution.setdefault(key, [0.0, 0.0, -1.0])
+                _add(values, [busy, util, -1.0 if energy is None else energy])
+                active[key] = active.get(key, 0) + running
+            self._members[key_id] = (ref, contribution)
+            for key, values in contribution.items():
+                _add(totals.setdefault(key, [0.0, 0.0, -1.0]), values)
+        for key, values in self._retired.items():
+            _add(totals.setdefault(key, [0.0, 0.0, -1.0]), values)
+        collected: dict[SeriesKey, tuple[list[float], int]] = {}
+        for key, values in totals.items():
+            exported = self._exported.setdefault(key, [0.0, 0.0, -1.0])
+            for column in range(3):
+                exported[column] = max(exported[column], values[column])
+            collected[key] = (list(exported), active.get(key, 0))
+        return collected
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self._retired = {}
+        self._exported = {}
+        self._snapshot = None
+        self._served = set()
+        self._members = {key: (ref, {}) for key, (ref, _) in self._members.items()}
+
+
+class _GlobalKey:
+    """Registry key of the global provider where the API has no proxy to key by."""
+
+
+_GLOBAL = _GlobalKey()
+
+# One metric set per meter provider, alive as long as the provider is.
+_registry: weakref.WeakKeyDictionary[object, MetricSet] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def join(
+    meter_provider: MeterProvider | None,
+    totals: Callable[[], dict[str, ServiceStats]],
+    faults: FaultLog,
+) -> tuple[Member | None, bool]:
+    """Join the metric set of ``meter_provider`` (the global one if ``None``).
+
+    Returns:
+        The tracker's member (``None`` where no meter records: a no-op
+        provider), and whether the global provider is still unset (then the
+        duration histogram records only once an SDK is installed, which the
+        emitter looks for at each task start).
+    """
+    metrics = _providers.load_metrics()
+    global_provider = _providers.global_meter_provider()
+    proxy = _providers.proxy_meter_provider()
+    is_global = (
+        meter_provider is None or meter_provider is global_provider or meter_provider is proxy
+    )
+    key: Any
+    if is_global:
+        # The global provider. Its instruments are made once per process on the
+        # API's meter (a proxy until an SDK is set, which then takes the
+        # observable callbacks over by itself).
+        meter = metrics.get_meter(_providers.SCOPE, _providers.VERSION)
+        # Keyed by the API's proxy provider (one per process; tests that swap
+        # the API's globals get a fresh one).
+        key = _GLOBAL if proxy is _providers.UNKNOWN else proxy
+    else:
+        assert meter_provider is not None
+        meter = meter_provider.get_meter(_providers.SCOPE, _providers.VERSION)
+        key = meter_provider
+    if isinstance(meter, metrics.NoOpMeter):
+        return None, False
+    metric_set = MetricSet.for_provider(key, meter)
+    member = Member(metric_set, totals, faults)
+    if not is_global:
+        metric_set.check_buckets_advised()
+        return member, False
+    if global_provider is None:
+        return member, True
+    # The set may have been made on the proxy meter before the SDK came.
+    metric_set.use_real_meter(global_provider)
+    metric_set.check_buckets_advised()
+    return member, False
+
+
+def _add(into: list[float], values: list[float]) -> None:
+    """Add busy, util and energy columns; energy -1 means 'not measured'."""
+    into[_BUSY] += values[_BUSY]
+    into[_UTIL] += values[_UTIL]
+    if values[_ENERGY] >= 0.0:
+        into[_ENERGY] = max(into[_ENERGY], 0.0) + values[_ENERGY]
+
+
+def _milli_totals(snapshot: ServiceStats) -> tuple[float, float, float]:
+    """A snapshot's busy, util and energy totals, in milli-units."""
+    return snapshot.gpu_ms, snapshot.gpu_util_ms, snapshot.energy_mj or 0.0
+
+
+def _after_fork_in_child() -> None:
+    # The registry's lock may have been held by another thread at fork time.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for metric_set in list(_registry.values()):
+        metric_set._after_fork_in_child()
+
+
+_fork.in_child(_after_fork_in_child)

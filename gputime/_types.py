@@ -1,0 +1,19 @@
+"""The vocabulary every module shares: statuses, attributions, clocks, device selectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+#: The status of a figure: every reading arrived, some did not, or no GPU figure exists.
+Status = Literal["ok", "partial", "unavailable"]
+
+#: How busy time is shared between services running at once (docs/semantics.md).
+Attribution = Literal["device", "split", "process"]
+ATTRIBUTIONS: tuple[Attribution, ...] = ("device", "split", "process")
+
+#: Monotonic seconds.
+Clock = Callable[[], float]
+
+#: A device by index or by id (NVML UUID, ``MIG-...``, ``SIM-n``).
+DeviceSelector = int | str
