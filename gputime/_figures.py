@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from gputime._types import Status
+from gputime._types import Attribution, Status
 
 if TYPE_CHECKING:
     from gputime._channels import Channels, ReadOutcome
@@ -107,6 +107,26 @@ class Profile:
     measured_share: float
     threshold: float
     split: bool
+
+    @classmethod
+    def of(
+        cls,
+        devices: int,
+        unmeasured: int,
+        measures_utilization: bool,
+        measures_energy: bool,
+        threshold: float,
+        attribution: Attribution,
+    ) -> Profile:
+        """The profile of ``devices`` read and ``unmeasured`` tracked but never read (MIG)."""
+        return cls(
+            measures=measures_utilization and bool(devices),
+            measures_energy=measures_energy,
+            partial_devices=bool(devices and unmeasured),
+            measured_share=devices / (devices + unmeasured) if devices else 1.0,
+            threshold=threshold,
+            split=attribution == "split",
+        )
 
     @property
     def base_status(self) -> Status:

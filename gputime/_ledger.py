@@ -25,11 +25,9 @@ from gputime._figures import (
     Figures,
     Profile,
     ServiceStats,
-    never_seen,
-    service_stats,
     task_figures,
 )
-from gputime._sums import Mark, Service, TaskRecord
+from gputime._sums import Mark, Services, TaskRecord
 from gputime._types import Attribution, Clock
 from gputime._windows import split_rates
 
@@ -99,13 +97,8 @@ class Ledger:
         # Immutable after construction.
         self._clock = clock
         self._device_count = devices
-        self.profile = Profile(
-            measures=measures_utilization and bool(devices),
-            measures_energy=measures_energy,
-            partial_devices=bool(devices and unmeasured),
-            measured_share=devices / (devices + unmeasured) if devices else 1.0,
-            threshold=threshold,
-            split=attribution == "split",
+        self.profile = Profile.of(
+            devices, unmeasured, measures_utilization, measures_energy, threshold, attribution
         )
         self._split = self.profile.split
         #: Bumped in a forked child: records of an older generation are inherited.
@@ -126,10 +119,6 @@ class Ledger:
             period: The driver's sample period, as known now.
             jitter: Its jitter, likewise.
         """
-        self._services: dict[str, Service] = {}
-        self._active_services: list[Service] = []
-        #: Services whose windows the channels may still have to credit.
-        self._tracking: set[Service] = set()
         self._active_tasks = 0
         # The time of the newest begin or end: events are applied in lock
         # order, so an end read before another thread's event moves up to it.
@@ -149,6 +138,10 @@ class Ledger:
             self._clock,
         )
         self._channel_list = self.channels.all
+        self.services = services = Services(self.channels.slots)
+        # Its containers under short names: the task path reads them on every task.
+        self._services, self._tracking = services.by_name, services.tracking
+        self._active_services = services.active
         # A forked child: the parent's recorded ends are not its own.
         self.recorded.clear()
         self.finished.clear()
@@ -200,7 +193,7 @@ class Ledger:
             now = self._clock()
             if now > self._latest_event:  # noqa: PLR1730 - no max() on every task
                 self._latest_event = now
-            service = self._services.get(service_name) or self._add_service(service_name)
+            service = self._services.get(service_name) or self.services.add(service_name)
             first_overall = not self._active_tasks
             self._active_tasks += 1
             service.active += 1
@@ -219,10 +212,12 @@ class Ledger:
                         channels.wake(now)
                         woke = True
                 if service.active == 1:
-                    self._active_services.append(service)
+                    # Its window opens (written out: every sequential task opens one).
+                    active = self._active_services
+                    active.append(service)
                     self._tracking.add(service)
                     if self._split:
-                        split_rates(self._active_services, len(self._active_services), now)
+                        split_rates(active, len(active), now)
                     else:
                         service.set_rate(now, 1.0)
                 for channel in self._channel_list:
@@ -300,11 +295,13 @@ class Ledger:
         # Close the window before ingesting the exit reads, so that a sample
         # reaching past the end credits the service only up to the end.
         if not service.active:
-            self._active_services.remove(service)
+            # Its window closes (written out: every sequential task closes one).
+            active = self._active_services
+            active.remove(service)
             service.set_rate(end, 0.0)
             service.last_close = end
             if self._split:
-                split_rates(self._active_services, len(self._active_services), end)
+                split_rates(active, len(active), end)
         end_mark = None
         if reads is not None:
             end_mark = Mark()
@@ -332,7 +329,8 @@ class Ledger:
                 pending.pop()  # the common sequential case; others go at the next tidy-up
         self._ends_since_forget += 1
         if self._ends_since_forget >= _FORGET_EVERY:
-            self._forget()
+            self._ends_since_forget = 0
+            self.services.forget(channels)
         return last
 
     def apply_recorded(self) -> None:
@@ -349,10 +347,6 @@ class Ledger:
             record, end, payload = recorded.popleft()
             self._end_locked(record, end, None)  # no exit read: it could not be made
             self.finished.append((record, payload))
-
-    def _add_service(self, name: str) -> Service:
-        service = self._services[name] = Service(name, self.channels.slots)
-        return service
 
     # -- sampling --------------------------------------------------------------------
 
@@ -386,7 +380,8 @@ class Ledger:
             if timing is not None:
                 channels.period, channels.jitter = timing
             self._fail_epoch += channels.ingest(reads, self._tracking)
-            self._forget()
+            self._ends_since_forget = 0
+            self.services.forget(channels)
 
     def settle_done(self, deadline: float | None) -> None:
         """The sampler made the read due at ``deadline``; park once every window is settled.
@@ -436,75 +431,20 @@ class Ledger:
         with self._lock:
             if self.recorded:
                 self._apply_recorded()
-            if service_name is not None:
-                service = self._services.get(service_name)
-                if service is None:
-                    return {service_name: never_seen(service_name, self.profile)}
-                return {service_name: service_stats(service, self.channels, self.profile)}
-            return {
-                name: service_stats(service, self.channels, self.profile)
-                for name, service in self._services.items()
-            }
+            return self.services.stats(service_name, self.channels, self.profile)
 
     def reset(self, service_name: str | None = None) -> dict[str, ServiceStats]:
-        """Zero counters; running tasks go on and count from now on.
-
-        Returns:
-            The figures that were zeroed, snapshotted under the same lock (the
-            metrics carry them so exported counters never go down).
-        """
+        """Zero counters; running tasks go on and count from now on (see Services.reset)."""
         with self._lock:
             if self.recorded:
                 self._apply_recorded()  # ends from before the reset belong before it
-            now = self._clock()
-            channels = self.channels
-            targets = (
-                list(self._services.values())
-                if service_name is None
-                else [s for s in (self._services.get(service_name),) if s is not None]
-            )
-            zeroed = {s.name: service_stats(s, channels, self.profile) for s in targets}
-            for service in targets:
-                old = service.reset_mark
-                if old is not None:
-                    old._done = True
-                mark = service.reset_mark = Mark()
-                mark._svc = service
-                service.task_count = 0
-                service.failed = False
-                service.reset_at = now
-                if service.active or not channels.covered_up_to(service.last_close):
-                    # A sample still to come may straddle the reset: only its
-                    # later part counts, so the mark waits for that sample.
-                    channels.place(mark, now)
-                else:
-                    channels.fill_now(mark)
-            return zeroed
+            return self.services.reset(service_name, self._clock(), self.channels, self.profile)
 
     def clear_after_fork(self) -> None:
         """In a forked child: drop everything inherited (a new process starts at zero)."""
         self._new_lock()
         self.generation += 1
         self._new_state(self.channels.period, self.channels.jitter)
-
-    def _forget(self) -> None:
-        """Drop breakpoints, pending entries and settled services no one needs."""
-        self._ends_since_forget = 0
-        channels = self.channels
-        floor = channels.min_horizon
-        channels.drop_done_marks()
-        for service in list(self._tracking):
-            if service.active == 0 and service.last_close <= floor + EPS:
-                # Settled: every sample covering its windows was credited; its
-                # sums no longer move, so a reset still waiting is known now.
-                self._tracking.discard(service)
-                service.forget_all()
-                mark = service.reset_mark
-                if mark is not None:
-                    channels.fill_now(mark)
-            else:
-                # Every query from here on is at or after the oldest horizon.
-                service.forget_before(floor)
 
 
 def _acquire_contended(lock: threading.RLock) -> None:

@@ -13,9 +13,25 @@ long it ran, and memory stays flat (``docs/design.md``, "Marks").
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from gputime._figures import BUSY, COVERED, MISSING, WEIGHTED, FiguresTuple, Sums
+from gputime._figures import (
+    BUSY,
+    COVERED,
+    EPS,
+    MISSING,
+    WEIGHTED,
+    FiguresTuple,
+    Profile,
+    ServiceStats,
+    Sums,
+    never_seen,
+    service_stats,
+)
 from gputime._windows import Windows
+
+if TYPE_CHECKING:
+    from gputime._channels import Channels
 
 
 class Mark:
@@ -142,3 +158,87 @@ def credit_to(
         weight = w1 - w0
         sums[BUSY] += weight
         sums[WEIGHTED] += value * weight
+
+
+class Services:
+    """The services of one tracker: by name, the active ones, and those still credited.
+
+    A service stays *tracked* while a channel may still credit its windows;
+    once every channel's readings passed its last window it is settled, and
+    its sums no longer move. All of it is guarded by the ledger's lock.
+    """
+
+    __slots__ = ("active", "by_name", "slots", "tracking")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.by_name: dict[str, Service] = {}
+        #: Services with a running task, in the order their windows opened.
+        self.active: list[Service] = []
+        #: Services whose windows the channels may still have to credit.
+        self.tracking: set[Service] = set()
+
+    def add(self, name: str) -> Service:
+        """A new service, with no task yet."""
+        service = self.by_name[name] = Service(name, self.slots)
+        return service
+
+    def stats(
+        self, name: str | None, channels: Channels, profile: Profile
+    ) -> dict[str, ServiceStats]:
+        """Snapshots of one service (zeros if never seen) or of all of them."""
+        if name is not None:
+            service = self.by_name.get(name)
+            if service is None:
+                return {name: never_seen(name, profile)}
+            return {name: service_stats(service, channels, profile)}
+        return {n: service_stats(s, channels, profile) for n, s in self.by_name.items()}
+
+    def reset(
+        self, name: str | None, now: float, channels: Channels, profile: Profile
+    ) -> dict[str, ServiceStats]:
+        """Zero one service's counters (or all); running tasks go on, counting from ``now``.
+
+        Returns:
+            The figures that were zeroed (the metrics carry them, so exported
+            counters never go down).
+        """
+        targets = (
+            list(self.by_name.values())
+            if name is None
+            else [s for s in (self.by_name.get(name),) if s is not None]
+        )
+        zeroed = {s.name: service_stats(s, channels, profile) for s in targets}
+        for service in targets:
+            old = service.reset_mark
+            if old is not None:
+                old._done = True
+            mark = service.reset_mark = Mark()
+            mark._svc = service
+            service.task_count = 0
+            service.failed = False
+            service.reset_at = now
+            if service.active or not channels.covered_up_to(service.last_close):
+                # A sample still to come may straddle the reset: only its
+                # later part counts, so the mark waits for that sample.
+                channels.place(mark, now)
+            else:
+                channels.fill_now(mark)
+        return zeroed
+
+    def forget(self, channels: Channels) -> None:
+        """Drop breakpoints, pending marks and settled services no one needs."""
+        floor = channels.min_horizon
+        channels.drop_done_marks()
+        for service in list(self.tracking):
+            if service.active == 0 and service.last_close <= floor + EPS:
+                # Settled: every sample covering its windows was credited; its
+                # sums no longer move, so a reset still waiting is known now.
+                self.tracking.discard(service)
+                service.forget_all()
+                mark = service.reset_mark
+                if mark is not None:
+                    channels.fill_now(mark)
+            else:
+                # Every query from here on is at or after the oldest horizon.
+                service.forget_before(floor)

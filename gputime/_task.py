@@ -12,10 +12,10 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from gputime import _default, _gcsafe, _validate
+from gputime import _default, _gcsafe, _validate, _wrappers
 from gputime._handle import TaskHandle
 from gputime._tracker import Tracker
 
@@ -183,13 +183,13 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         # be measured over the await, not over making the coroutine.
         kinds = (func, type(func).__call__)
         if any(inspect.isasyncgenfunction(kind) for kind in kinds):
-            return self._decorate_async_generator(func)
+            return _wrappers.async_generator(self, func)
         if any(inspect.iscoroutinefunction(kind) for kind in kinds):
-            return self._decorate_coroutine(func)
+            return _wrappers.coroutine(self, func)
         if any(inspect.isgeneratorfunction(kind) for kind in kinds):
-            return self._decorate_generator(func)
+            return _wrappers.generator(self, func)
         if inspect.isfunction(func) or inspect.ismethod(func):
-            return self._decorate_function(func)
+            return _wrappers.function(self, func)
         # Other callables (partials, callable objects, builtins): a transparent
         # proxy keeps their attributes, isinstance checks and binding behaviour.
         # wrapt is imported here, not with gputime: it costs more to import
@@ -197,158 +197,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec na
         # ever decorate functions.
         import wrapt  # noqa: PLC0415 - see above
 
-        return wrapt.FunctionWrapper(func, self._proxy_call)
-
-    # The wrappers are closures rather than wrapt proxies on the hot path: a
-    # closure call costs a sixth of a proxy's (see docs/performance.md).
-
-    def _decorate_function(self, func: Callable[..., R]) -> Callable[..., R]:
-        spec = self
-
-        @functools.wraps(func)
-        def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
-            # self._start() written out: this is the per-call cost users pay.
-            tracker = spec.tracker or _default._default or _default.get_tracker()
-            handle = tracker._start_task(spec, True)
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                handle._tracker._end_task(handle, exc)
-                raise
-            handle._tracker._end_task(handle, None)
-            return result
-
-        return gpu_task_wrapper
-
-    def _proxy_call(
-        self,
-        wrapped: Callable[..., R],
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> R:
-        handle = self._start()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            handle._tracker._end_task(handle, exc)
-            raise
-        handle._tracker._end_task(handle, None)
-        return result
-
-    def _decorate_coroutine(
-        self, func: Callable[..., Awaitable[R]]
-    ) -> Callable[..., Coroutine[Any, Any, R]]:
-        spec = self
-
-        @functools.wraps(func)
-        async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> R:
-            # Entered when the coroutine first runs: the task covers the await.
-            tracker = spec.tracker or _default._default or _default.get_tracker()
-            handle = tracker._start_task(spec, True)
-            try:
-                result = await func(*args, **kwargs)
-            except BaseException as exc:
-                handle._tracker._end_task(handle, exc)
-                raise
-            handle._tracker._end_task(handle, None)
-            return result
-
-        return gpu_task_wrapper
-
-    def _decorate_generator(
-        self, func: Callable[..., Generator[Y, S, R]]
-    ) -> Callable[..., Generator[Y, S, R]]:
-        start = self._start
-
-        @functools.wraps(func)
-        def gpu_task_wrapper(*args: Any, **kwargs: Any) -> Generator[Y, S, R]:
-            # A generator function itself, so nothing runs before the first
-            # resume. Delegates by hand rather than with ``yield from`` so the
-            # task's span is current only while the generator body runs, not
-            # while the consumer holds it suspended.
-            gen = func(*args, **kwargs)
-            handle = start(activate=False)
-            tracker = handle._tracker
-            to_send: Any = None
-            to_throw: BaseException | None = None
-            try:
-                while True:
-                    token = tracker._activate(handle)
-                    try:
-                        item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
-                    finally:
-                        tracker._deactivate(token)
-                    to_send, to_throw = None, None
-                    try:
-                        to_send = yield item
-                    except GeneratorExit:
-                        if _gcsafe.in_collection():
-                            # Closed by the collector: no context change (see _gcsafe).
-                            gen.close()
-                            raise
-                        token = tracker._activate(handle)
-                        try:
-                            gen.close()
-                        finally:
-                            tracker._deactivate(token)
-                        raise
-                    except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
-                        to_throw = exc
-            except StopIteration as stop:
-                handle._tracker._end_task(handle, None)
-                return stop.value  # type: ignore[no-any-return] # the generator's return value
-            except BaseException as exc:
-                handle._tracker._end_task(handle, exc)
-                raise
-
-        return gpu_task_wrapper
-
-    def _decorate_async_generator(
-        self, func: Callable[..., AsyncGenerator[Y, S]]
-    ) -> Callable[..., AsyncGenerator[Y, S]]:
-        start = self._start
-
-        @functools.wraps(func)
-        async def gpu_task_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Y, S]:
-            agen = func(*args, **kwargs)
-            handle = start(activate=False)
-            tracker = handle._tracker
-            to_send: Any = None
-            to_throw: BaseException | None = None
-            try:
-                while True:
-                    token = tracker._activate(handle)
-                    try:
-                        if to_throw is None:
-                            item = await agen.asend(to_send)
-                        else:
-                            item = await agen.athrow(to_throw)
-                    finally:
-                        tracker._deactivate(token)
-                    to_send, to_throw = None, None
-                    try:
-                        to_send = yield item
-                    except GeneratorExit:
-                        if _gcsafe.in_collection():
-                            # Closed by the collector (no event loop hooks): as above.
-                            await agen.aclose()
-                            raise
-                        token = tracker._activate(handle)
-                        try:
-                            await agen.aclose()
-                        finally:
-                            tracker._deactivate(token)
-                        raise
-                    except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
-                        to_throw = exc
-            except StopAsyncIteration:
-                handle._tracker._end_task(handle, None)
-            except BaseException as exc:
-                handle._tracker._end_task(handle, exc)
-                raise
-
-        return gpu_task_wrapper
+        return wrapt.FunctionWrapper(func, functools.partial(_wrappers.proxy_call, self))
 
     def __repr__(self) -> str:
         return f"gpu_task({self.service!r})"

@@ -73,20 +73,12 @@ class Tracker:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self._closed = True  # until construction succeeds, close() has nothing to do
-        self.interval: float = _validate.finite("interval", interval, positive=True)
-        self.threshold: float = _validate.finite("threshold", threshold)
-        if not 0 <= self.threshold < 100:
-            raise ValueError(f"threshold={threshold!r}: must be in [0, 100)")
-        self.attribution: Attribution = _validate.attribution(attribution)
-        if devices is not None and (
-            isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
-        ):
-            raise ValueError(f"devices={devices!r}: must be None or a list of indices or ids")
-        if clock is not None and not callable(clock):
-            raise ValueError(f"clock={clock!r}: must be a callable returning seconds")
+        self.interval, self.threshold, self.attribution = _validate.tracker_options(
+            interval, threshold, attribution, devices, clock
+        )
         self.threaded: bool = bool(threaded)
         self.backend, session, self.clock = open_backend(
-            backend, clock=clock, devices=devices, attribution=attribution
+            backend, clock=clock, devices=devices, attribution=self.attribution
         )
         self._faults = FaultLog()
         self._reader = reader = DeviceReader(session, self._faults)
@@ -99,13 +91,14 @@ class Tracker:
             measures_energy=session.measures_energy,
             sample_period=period,
             sample_jitter=jitter,
-            attribution=attribution,
+            attribution=self.attribution,
             threshold=self.threshold,
             clock=self.clock,
         )
         # The ledger's queues of recorded ends (the same objects for its life).
         self._recorded = self._ledger.recorded
         self._finished = self._ledger.finished
+        # The seed's setOnTaskStartCallback / setOnTaskEndCallback.
         self._start_listeners: tuple[Listener, ...] = ()
         self._end_listeners: tuple[Listener, ...] = ()
         # A tracker that reads no device has nothing to sample: no thread at all.

@@ -7,7 +7,7 @@ instrumentation never raises into user code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import TypeVar
 
 from gputime._types import ATTRIBUTIONS, Attribution
@@ -64,7 +64,7 @@ def service(value: object) -> str:
     return value
 
 
-def attribution(value: object) -> Attribution:
+def attribution_(value: object) -> Attribution:
     """One of :data:`~gputime._types.ATTRIBUTIONS`.
 
     Raises:
@@ -76,6 +76,27 @@ def attribution(value: object) -> Attribution:
     raise ValueError(f"attribution={value!r}: must be one of {', '.join(map(repr, ATTRIBUTIONS))}")
 
 
+def tracker_options(
+    interval: object, threshold: object, attribution: object, devices: object, clock: object
+) -> tuple[float, float, Attribution]:
+    """Checks of ``Tracker``'s keyword arguments; returns interval, threshold, attribution.
+
+    Raises:
+        ValueError: Naming the argument and its value.
+    """
+    interval = finite("interval", interval, positive=True)
+    number = finite("threshold", threshold)
+    if not 0 <= number < 100:
+        raise ValueError(f"threshold={threshold!r}: must be in [0, 100)")
+    if devices is not None and (
+        isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
+    ):
+        raise ValueError(f"devices={devices!r}: must be None or a list of indices or ids")
+    if clock is not None and not callable(clock):
+        raise ValueError(f"clock={clock!r}: must be a callable returning seconds")
+    return interval, number, attribution_(attribution)
+
+
 def callable_(name: str, value: T) -> T:
     """``value`` if it is callable.
 
@@ -85,8 +106,3 @@ def callable_(name: str, value: T) -> T:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__}")
     return value
-
-
-def checked(check: Callable[[object], T]) -> Callable[[object], T]:
-    """A check usable where a one-argument function is expected (documentation aid)."""
-    return check
