@@ -324,9 +324,16 @@ class Ledger:
                 end + channels.period + (jitter if jitter and jitter > 0 else 0.0)
             )
         for channel in self._channel_list:
+            # Its start mark is frozen into its figures: drop it now, newest
+            # first (it is the last or nearly so). Left there, it would tie the
+            # task, and through it its tracker, to the ledger until the next
+            # tidy-up: a cycle that a dropped tracker would wait out.
             pending = channel.pending
-            if pending and pending[-1][1] is record:
-                pending.pop()  # the common sequential case; others go at the next tidy-up
+            if pending:
+                if pending[-1][1] is record:
+                    pending.pop()  # the common sequential case
+                else:
+                    _drop(pending, record)
         self._ends_since_forget += 1
         if self._ends_since_forget >= _FORGET_EVERY:
             self._ends_since_forget = 0
@@ -445,6 +452,14 @@ class Ledger:
         self._new_lock()
         self.generation += 1
         self._new_state(self.channels.period, self.channels.jitter)
+
+
+def _drop(pending: list[tuple[float, Mark]], mark: Mark) -> None:
+    """Remove ``mark``'s entry from a pending list (newest first: it is near the end)."""
+    for i in range(len(pending) - 1, -1, -1):
+        if pending[i][1] is mark:
+            del pending[i]
+            return
 
 
 def _acquire_contended(lock: threading.RLock) -> None:

@@ -255,6 +255,37 @@ class TestSampler:
         assert ref() is None
         assert wait_until(lambda: len(sampler_threads()) == before)
 
+    @pytest.mark.parametrize("sdk", [False, True], ids=["no-sdk", "sdk"])
+    def test_a_dropped_tracker_is_freed_by_reference_counting_alone(self, sdk: bool):
+        # No reference cycle through the tracker: not through its emitter, its
+        # metrics, its ledger's pending marks (a task whose start sample has
+        # not come yet), its sampler thread or its listeners.
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        providers: dict[str, object] = {}
+        if sdk:
+            providers = {
+                "tracer_provider": TracerProvider(),
+                "meter_provider": MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            }
+        before = len(sampler_threads())
+        gpu = SimulatedGpu()
+        gc.disable()
+        try:
+            tracker = Tracker(backend=gpu, interval=0.01, **providers)  # type: ignore[arg-type]
+            tracker.on_task_end(lambda task: None)
+            gpu.set_utilization(50)
+            with tracker.gpu_task("nmt"):
+                pass  # its exit reads, and no sample covers its start yet
+            ref = weakref.ref(tracker)
+            del tracker
+            assert ref() is None
+            assert wait_until(lambda: len(sampler_threads()) == before)
+        finally:
+            gc.enable()
+
     def test_sampler_survives_a_fault_outside_the_reads(self, caplog):
         class Flaky(SimulatedGpu):
             def open(self, **kwargs):  # type: ignore[no-untyped-def, override]
