@@ -18,7 +18,7 @@ class TaskHandle(TaskRecord):
     """One running or finished task, as bound by ``with gpu_task(...) as task``.
 
     Figures are live while the task runs (real samples so far) and final once
-    it ended (including the stretch after the newest sample, see the spec).
+    it ended (including the stretch after the newest sample: docs/semantics.md).
     The handle is also the ledger's record of the task: one object per task.
     """
 

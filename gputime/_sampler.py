@@ -197,7 +197,7 @@ class Sampler:
                 wake.wait(timeout)
 
     def _park(self) -> None:
-        """Wait for the next first task after idle (rule 1: no reads while parked)."""
+        """Wait for the next first task after idle (no reads while parked: no task, no query)."""
         wake = self._wake
         wake.clear()
         self.parked = True

@@ -30,7 +30,7 @@ S = TypeVar("S")
 _ATTRIBUTE_SCALARS = (str, bool, int, float)
 
 
-class gpu_task:  # noqa: N801 - lower case: used like a function, as the spec names it
+class gpu_task:  # noqa: N801 - lower case: used like a function (the public name is fixed)
     """Measure a block or a function as one task of ``service``.
 
     Use it as ``with gpu_task("tts") as task:``, ``async with ...``, or as a

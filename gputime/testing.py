@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 
+from gputime import _validate
 from gputime._backends._simulated import SimulatedGpu, SimulatedReadError
 
 __all__ = ["FakeClock", "SimulatedGpu", "SimulatedReadError"]
@@ -30,13 +31,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
-        if (
-            isinstance(start, bool)
-            or not isinstance(start, (int, float))
-            or not math.isfinite(start)
-        ):
-            raise ValueError(f"start={start!r}: must be a finite number")
-        self._now = float(start)
+        self._now = _validate.finite("start", start)
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
@@ -44,12 +39,7 @@ class FakeClock:
 
     def advance(self, seconds: float) -> float:
         """Move forward by ``seconds`` (>= 0); returns the new time."""
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, (int, float))
-            or not math.isfinite(seconds)
-            or seconds < 0
-        ):
+        if not _validate.is_real(seconds) or not 0 <= seconds < math.inf:
             raise ValueError(f"seconds={seconds!r}: a monotonic clock only moves forward")
         with self._lock:
             self._now += seconds

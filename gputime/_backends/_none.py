@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gputime._backends._base import (
-    Attribution,
-    Clock,
-    DeviceInfo,
-    DeviceSelector,
-    Reading,
-)
+from gputime._backends._base import DeviceInfo, Reading
+from gputime._types import Attribution, Clock, DeviceSelector
 
 
 class NoGpu:

@@ -16,14 +16,9 @@ import time
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from gputime._backends._base import (
-    Attribution,
-    Clock,
-    DeviceInfo,
-    DeviceSelector,
-    Reading,
-    Sample,
-)
+from gputime import _validate
+from gputime._backends._base import DeviceInfo, Reading, Sample
+from gputime._types import Attribution, Clock, DeviceSelector
 
 # Float sums of k·P drift by a few ulps; anything closer than this to an integer
 # (sample index or percent half) is treated as exactly on it.
@@ -108,16 +103,9 @@ class SimulatedGpu:
         buffer_samples: int = 600,
         measure_energy: bool = False,
     ) -> None:
-        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise ValueError(f"devices={devices!r}: must be a positive integer")
-        if not _is_positive(sample_period):
-            raise ValueError(f"sample_period={sample_period!r}: must be a finite number > 0")
-        if (
-            isinstance(buffer_samples, bool)
-            or not isinstance(buffer_samples, int)
-            or buffer_samples < 1
-        ):
-            raise ValueError(f"buffer_samples={buffer_samples!r}: must be a positive integer")
+        _validate.count("devices", devices, minimum=1)
+        sample_period = _validate.finite("sample_period", sample_period, positive=True)
+        _validate.count("buffer_samples", buffer_samples, minimum=1)
         self.clock: Clock = clock if clock is not None else time.monotonic
         self.sample_period: float = float(sample_period)
         self.buffer_samples = buffer_samples
@@ -140,7 +128,7 @@ class SimulatedGpu:
         Raises:
             ValueError: ``percent`` is outside [0, 100] or ``device`` does not exist.
         """
-        if not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        if not _validate.is_real(percent) or not 0 <= percent <= 100:
             raise ValueError(f"percent={percent!r}: must be a number in [0, 100]")
         timeline = self._timeline(device)
         with self._lock:
@@ -158,13 +146,7 @@ class SimulatedGpu:
             ValueError: ``watts`` is negative or not a finite number, or
                 ``device`` does not exist.
         """
-        if (
-            isinstance(watts, bool)
-            or not isinstance(watts, (int, float))
-            or not math.isfinite(watts)
-            or watts < 0
-        ):
-            raise ValueError(f"watts={watts!r}: must be a finite number >= 0")
+        watts = _validate.finite("watts", watts, minimum=0.0)
         self._timeline(device)
         with self._lock:
             now = self.clock()
@@ -177,10 +159,8 @@ class SimulatedGpu:
         A read is one call that reads one device's samples. ``fail_reads(0)``
         ends the failures.
         """
-        if times is not None and (
-            isinstance(times, bool) or not isinstance(times, int) or times < 0
-        ):
-            raise ValueError(f"times={times!r}: must be None or an integer >= 0")
+        if times is not None:
+            _validate.count("times", times)
         with self._lock:
             self._failures_left = times
 
@@ -311,12 +291,3 @@ class _SimulatedSession:
 
 def _device_id(index: int) -> str:
     return f"SIM-{index}"
-
-
-def _is_positive(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
