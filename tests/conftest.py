@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake clock, a simulated GPU on it, and a tracker on both."""
+"""Shared fixtures: a fake clock, a simulated GPU on it, a tracker on both, and an SDK."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import pytest
 
 from gputime import Tracker
 from gputime.testing import FakeClock, SimulatedGpu
+
+# The OpenTelemetry SDK fixtures (sdk, traced, busy, fresh_globals), for every module.
+from tests.otel_sdk import busy, fresh_globals, sdk, traced
+
+__all__ = ["busy", "fresh_globals", "sdk", "traced"]
 
 #: The simulated driver's default sample period.
 P = 1 / 6

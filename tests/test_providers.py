@@ -38,7 +38,7 @@ from opentelemetry.version import __version__ as api_version
 
 from gputime import Tracker, _faults, _metrics, _providers
 from gputime.testing import FakeClock, SimulatedGpu
-from tests.test_otel import Sdk
+from tests.otel_sdk import Sdk
 
 P = 1 / 6
 NMT = (("gputime.service", "nmt"),)

@@ -1,21 +1,16 @@
-"""Spans and metrics through the OpenTelemetry SDK (spec section 4), name for name.
+"""Spans through the OpenTelemetry SDK, name for name (docs/opentelemetry.md).
 
-Every test injects its own tracer and meter providers (in-memory span exporter,
-in-memory metric reader) into a tracker on the simulated GPU and the fake clock,
-so the figures are exact. Tests of the global providers swap the API's globals
-with ``monkeypatch`` and get them restored.
+A span per task, current for the task, with its figures at its end; errors,
+cancellations, generators, ``span=False``, nobody listening, faults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import logging
 import threading
-import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -24,126 +19,23 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.metrics import _internal as metrics_internal
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
-from opentelemetry.util._once import Once
 
 import gputime
-from gputime import Tracker, _emitter, _metrics, _providers
-from gputime._backends import Reading
-from gputime._backends._base import DeviceInfo
+from gputime import Tracker, _emitter, _providers
 from gputime.testing import FakeClock, SimulatedGpu
-
-P = 1 / 6
-
-
-# -- fixtures and helpers --------------------------------------------------------------------
-
-
-@dataclass
-class Sdk:
-    """An SDK set up for one test: spans land in ``spans``, metrics in ``reader``."""
-
-    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
-    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
-    tracer_provider: TracerProvider = field(default_factory=TracerProvider)
-    meter_provider: MeterProvider | None = None
-
-    def __post_init__(self) -> None:
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def span(self, name: str) -> ReadableSpan:
-        found = [s for s in self.spans() if s.name == name]
-        assert len(found) == 1, [s.name for s in self.spans()]
-        return found[0]
-
-    def metrics(self) -> dict[str, Any]:
-        """Metric name -> the SDK's metric, from one collection."""
-        data = self.reader.get_metrics_data()
-        out: dict[str, Any] = {}
-        if data is None:
-            return out
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    out[metric.name] = (scope_metrics.scope, metric)
-        return out
-
-    def points(self, name: str, metrics: Mapping[str, Any] | None = None) -> dict[Any, Any]:
-        """Data points of one metric keyed by their attributes (as sorted tuples)."""
-        metrics = self.metrics() if metrics is None else metrics
-        if name not in metrics:
-            return {}
-        _, metric = metrics[name]
-        return {tuple(sorted(point.attributes.items())): point for point in metric.data.data_points}
-
-    def value(self, name: str, service: str = "nmt") -> float:
-        point = self.points(name).get((("gputime.service", service),))
-        assert point is not None, f"no {name} point for {service}"
-        return float(point.value)
-
-    def close(self) -> None:
-        self.tracer_provider.shutdown()
-        assert self.meter_provider is not None
-        self.meter_provider.shutdown()
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    setup = Sdk()
-    yield setup
-    setup.close()
-
-
-@pytest.fixture
-def traced(gpu: SimulatedGpu, sdk: Sdk) -> Iterator[Tracker]:
-    """A tracker on the simulated GPU whose spans and metrics go to ``sdk``."""
-    with Tracker(
-        backend=gpu,
-        threaded=False,
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
-    ) as tracker:
-        yield tracker
-
-
-@pytest.fixture
-def busy(gpu: SimulatedGpu) -> SimulatedGpu:
-    gpu.set_utilization(100)
-    return gpu
-
-
-@pytest.fixture
-def fresh_globals(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset global tracer and meter providers, restored after the test."""
-    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", None)
-    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER_SET_ONCE", Once())
-    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
-    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER_SET_ONCE", Once())
-    monkeypatch.setattr(
-        metrics_internal, "_PROXY_METER_PROVIDER", metrics_internal._ProxyMeterProvider()
-    )
-    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
-    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
-
-
-class MyError(Exception):
-    class NestedError(Exception):
-        pass
-
-
-def _current_span_id() -> int:
-    return otel_trace.get_current_span().get_span_context().span_id
-
+from tests.otel_sdk import (
+    Broken,
+    BrokenSpan,
+    MyError,
+    P,
+    Sdk,
+    _current_span_id,
+)
 
 # -- spans -----------------------------------------------------------------------------------
 
@@ -445,7 +337,7 @@ class TestGenerator:
             list(tokens())
         span = sdk.span("gpu_task nmt")
         assert span.status.status_code is StatusCode.ERROR
-        assert (span.attributes or {})["error.type"] == f"{__name__}.MyError"
+        assert (span.attributes or {})["error.type"] == f"{MyError.__module__}.MyError"
 
 
 class TestErrors:
@@ -464,7 +356,7 @@ class TestErrors:
         assert span.status.status_code is StatusCode.ERROR
         assert span.status.description == "MyError: out of memory"
         attrs = span.attributes or {}
-        assert attrs["error.type"] == f"{__name__}.MyError"
+        assert attrs["error.type"] == f"{MyError.__module__}.MyError"
         assert attrs["gputime.status"] == "ok"  # the measurement was complete
         assert attrs["gputime.gpu.busy_ms"] == pytest.approx(500.0)
         assert [event.name for event in span.events] == ["exception"]
@@ -484,7 +376,7 @@ class TestErrors:
         with pytest.raises(MyError.NestedError), traced.gpu_task("nmt"):
             raise MyError.NestedError
         attrs = sdk.span("gpu_task nmt").attributes or {}
-        assert attrs["error.type"] == f"{__name__}.MyError.NestedError"
+        assert attrs["error.type"] == f"{MyError.__module__}.MyError.NestedError"
 
     @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
     def test_base_exceptions_that_stop_work_are_not_errors(
@@ -506,7 +398,7 @@ class TestErrors:
             else "asyncio.exceptions.TimeoutError"
         )
         assert _emitter.error_type(asyncio.TimeoutError()) == timeout
-        assert _emitter.error_type(MyError()) == f"{__name__}.MyError"
+        assert _emitter.error_type(MyError()) == f"{MyError.__module__}.MyError"
 
     def test_error_type_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(_emitter, "_error_types", {})
@@ -657,372 +549,6 @@ class TestNobodyListens:
 # -- metrics ---------------------------------------------------------------------------------
 
 
-class TestMetrics:
-    def test_names_units_and_scope(self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        metrics = sdk.metrics()
-        units = {name: metric.unit for name, (_, metric) in metrics.items()}
-        assert units == {
-            "gputime.gpu.busy_time": "s",
-            "gputime.gpu.util_time": "s",
-            "gputime.task.duration": "s",
-            "gputime.task.active": "{task}",
-        }  # no gputime.gpu.energy: the simulated GPU measures none
-        for scope, _ in metrics.values():
-            assert scope.name == "gputime"
-            assert scope.version == gputime.__version__
-        _, busy_time = metrics["gputime.gpu.busy_time"]
-        assert busy_time.data.is_monotonic
-        _, active = metrics["gputime.task.active"]
-        assert not active.data.is_monotonic
-
-    def test_counters_are_the_service_totals_in_seconds(
-        self, traced: Tracker, sdk: Sdk, gpu: SimulatedGpu, clock: FakeClock
-    ):
-        with traced.gpu_task("nmt"):
-            gpu.set_utilization(50)
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()  # the sample covering the end arrives (the settle)
-        stats = traced.stats("nmt")
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(stats.gpu_ms / 1000)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        assert sdk.value("gputime.gpu.util_time") == pytest.approx(0.5)
-        assert sdk.value("gputime.task.active") == 0
-
-    def test_long_task_shows_before_it_ends_and_overlap_counts_once(
-        self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy
-    ):
-        with traced.gpu_task("nmt"):
-            with traced.gpu_task("nmt"):
-                clock.advance(6 * P)
-                traced.poll()
-                assert sdk.value("gputime.task.active") == 2
-                assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-            clock.advance(6 * P)
-            traced.poll()
-            assert sdk.value("gputime.task.active") == 1
-            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(2.0)
-        assert sdk.value("gputime.task.active") == 0
-
-    def test_duration_histogram(self, traced: Tracker, sdk: Sdk, clock: FakeClock):
-        with traced.gpu_task("nmt"):
-            clock.advance(0.25)
-
-        @traced.gpu_task("nmt")
-        def fail() -> None:
-            clock.advance(2.0)
-            raise MyError
-
-        with pytest.raises(MyError):
-            fail()
-        points = sdk.points("gputime.task.duration")
-        ok = points[(("gputime.service", "nmt"),)]
-        failed = points[(("error.type", f"{__name__}.MyError"), ("gputime.service", "nmt"))]
-        assert isinstance(ok, HistogramDataPoint)
-        assert (ok.count, ok.sum) == (1, pytest.approx(0.25))
-        assert (failed.count, failed.sum) == (1, pytest.approx(2.0))
-        # Its buckets, and what happens where the API cannot advise them:
-        # tests/test_otel_compat.py.
-
-    def test_services_are_separate_series(self, traced: Tracker, sdk: Sdk, clock, busy):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        with traced.gpu_task("tts"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time", "nmt") == pytest.approx(1.0)
-        assert sdk.value("gputime.gpu.busy_time", "tts") == pytest.approx(0.5)
-
-    def test_energy_where_the_backend_measures_it(self, sdk: Sdk, clock: FakeClock):
-        backend = PoweredGpu(clock, watts=200.0)
-        with Tracker(
-            backend=backend,
-            threaded=False,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-        ) as tracker:
-            with tracker.gpu_task("nmt") as task:
-                backend.gpu.set_utilization(100)
-                clock.advance(6 * P)
-            clock.advance(P)
-            tracker.poll()
-            assert task.energy_mj == pytest.approx(200_000.0)
-            attrs = sdk.span("gpu_task nmt").attributes or {}
-            assert attrs["gputime.gpu.energy_mj"] == pytest.approx(200_000.0)
-            _, energy = sdk.metrics()["gputime.gpu.energy"]
-            assert energy.unit == "J"
-            assert sdk.value("gputime.gpu.energy") == pytest.approx(200.0)
-
-
-class PoweredGpu:
-    """A simulated GPU that also reports a constant power draw (milliwatts)."""
-
-    name = "powered"
-
-    def __init__(self, clock: FakeClock, watts: float) -> None:
-        self.gpu = SimulatedGpu(clock=clock)
-        self.clock = clock
-        self.milliwatts = watts * 1000.0
-
-    def open(self, *, clock: Any, devices: Any, attribution: Any) -> _PoweredSession:
-        inner = self.gpu.open(clock=clock, devices=devices, attribution="device")
-        return _PoweredSession(self, inner)
-
-
-class _PoweredSession:
-    def __init__(self, backend: PoweredGpu, inner: Any) -> None:
-        self._backend = backend
-        self._inner = inner
-        self.devices: tuple[DeviceInfo, ...] = tuple(inner.devices)
-        self.measures_utilization = True
-        self.measures_energy = True
-        self.sample_period = inner.sample_period
-
-    def read(self, device: int, since: float) -> Reading:
-        reading = self._inner.read(device, since)
-        power = [(end, self._backend.milliwatts) for end, _ in reading.utilization]
-        return Reading(utilization=reading.utilization, power=power)
-
-    def close(self) -> None:
-        pass
-
-    def after_fork(self) -> None:
-        pass
-
-
-class TestResetKeepsCountersMonotonic:
-    def test_reset_noticed_at_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        traced.reset("nmt")
-        assert traced.stats("nmt").gpu_ms == 0.0
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
-        assert sdk.value("gputime.gpu.util_time") == pytest.approx(1.5)
-
-    def test_never_decreases_even_when_a_reset_is_missed(
-        self, traced: Tracker, sdk: Sdk, clock, busy
-    ):
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        seen = [sdk.value("gputime.gpu.busy_time")]
-        for seconds in (1.0, 0.25, 2.0):
-            traced.reset()
-            with traced.gpu_task("nmt"):
-                clock.advance(seconds)
-            clock.advance(P)
-            traced.poll()
-            seen.append(sdk.value("gputime.gpu.busy_time"))
-        assert seen == sorted(seen)
-
-    def test_reset_hook_is_exact(self, traced: Tracker, sdk: Sdk, clock, busy):
-        # What Tracker.reset does once wired to the emitter (see the report): the
-        # ledger's reset returns the snapshots it zeroed, under its own lock.
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
-
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        # No collection between this growth and the reset, and the growth after the
-        # reset exceeds what was there: only the hook can count it all.
-        traced._member.reset("nmt", ledger_reset)
-        with traced.gpu_task("nmt"):
-            clock.advance(12 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5 + 1.0 + 2.0)
-        traced._member.reset(None, ledger_reset)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(3.5)
-
-    def test_reset_hook_before_any_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
-
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        traced._member.reset("nmt", ledger_reset)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-
-    def test_reset_without_metrics(self, gpu: SimulatedGpu):
-        with Tracker(backend=gpu, threaded=False, meter_provider=NoOpMeterProvider()) as t:
-            assert t._member is None  # nothing records: no counters to keep monotonic
-            with t.gpu_task("nmt"):
-                pass
-            t.reset("nmt")
-            assert t.stats("nmt").task_count == 0
-
-    def test_reset_hook_tolerates_a_ledger_that_returns_nothing(
-        self, traced: Tracker, sdk: Sdk, clock, busy
-    ):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        traced._member.reset("nmt", traced._ledger.reset)  # type: ignore[arg-type]
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-
-
-class TestSharedProvider:
-    def test_trackers_on_one_provider_add_up(self, sdk: Sdk, clock: FakeClock):
-        gpu = SimulatedGpu(clock=clock)
-        gpu.set_utilization(100)
-        kwargs: dict[str, Any] = {
-            "backend": gpu,
-            "threaded": False,
-            "meter_provider": sdk.meter_provider,
-        }
-        with Tracker(**kwargs) as first, Tracker(**kwargs) as second:
-            with first.gpu_task("nmt"):
-                clock.advance(6 * P)
-            with second.gpu_task("nmt"):
-                clock.advance(3 * P)
-            clock.advance(P)
-            first.poll()
-            second.poll()
-            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
-            with first.gpu_task("nmt"), second.gpu_task("nmt"):
-                assert sdk.value("gputime.task.active") == 2
-
-    def test_a_collected_tracker_leaves_its_counts(self, sdk: Sdk, clock: FakeClock):
-        gpu = SimulatedGpu(clock=clock)
-        gpu.set_utilization(100)
-        tracker = Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider)
-        with tracker.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        tracker.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        tracker.close()
-        del tracker
-        gc.collect()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        with Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as again:
-            with again.gpu_task("nmt"):
-                clock.advance(3 * P)
-            clock.advance(P)
-            again.poll()
-            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
-
-    def test_a_reused_id_keeps_the_counts_of_the_collected_tracker(
-        self, sdk: Sdk, gpu: SimulatedGpu
-    ):
-        class Gone:
-            pass
-
-        gone = Gone()
-        dead = weakref.ref(gone)
-        del gone
-        with Tracker(backend=gpu, threaded=False, meter_provider=sdk.meter_provider) as tracker:
-            metric_set = tracker._member.metric_set
-            assert metric_set is not None
-            # A collected tracker that had counted 1 s, whose id the new one got
-            # before any collection noticed it was gone.
-            member = tracker._member
-            assert member is not None
-            key = id(member)
-            metric_set._members[key] = (dead, {"nmt": [1.0, 0.5, -1.0]})  # type: ignore[dict-item]
-            metric_set.join(member)
-            with tracker.gpu_task("nmt"):
-                pass
-            assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-            assert sdk.value("gputime.gpu.util_time") == pytest.approx(0.5)
-
-    def test_an_explicit_proxy_provider_counts_as_the_global_one(
-        self, fresh_globals: None, gpu: SimulatedGpu
-    ):
-        proxy = otel_metrics.get_meter_provider()
-        with Tracker(backend=gpu, threaded=False, meter_provider=proxy) as tracker:
-            assert tracker._emitter._metrics_pending
-            assert tracker._emitter.histogram is None
-
-
-class TestCardinality:
-    def test_services_past_the_cap_share_the_overflow_series(
-        self,
-        monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture,
-        sdk: Sdk,
-        clock: FakeClock,
-    ):
-        monkeypatch.setenv(_metrics.MAX_SERVICES_ENV, "2")
-        gpu = SimulatedGpu(clock=clock)
-        gpu.set_utilization(100)
-        with Tracker(
-            backend=gpu,
-            threaded=False,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-        ) as tracker:
-            with caplog.at_level(logging.WARNING, logger="gputime"):
-                for service in ("a", "b", "c", "d", "e"):
-                    with tracker.gpu_task(service):
-                        clock.advance(3 * P)
-            clock.advance(P)
-            tracker.poll()
-            # One collection: SDKs before 1.23 report a cumulative histogram
-            # only at the first collection after a recording.
-            metrics = sdk.metrics()
-            busy = sdk.points("gputime.gpu.busy_time", metrics)
-            overflow = (("gputime.service", "_overflow"), ("otel.metric.overflow", True))
-            assert set(busy) == {(("gputime.service", "a"),), (("gputime.service", "b"),), overflow}
-            assert busy[overflow].value == pytest.approx(1.5)
-            assert sdk.points("gputime.task.duration", metrics)[overflow].count == 3
-            assert sdk.points("gputime.task.active", metrics)[overflow].value == 0
-        warnings = [r for r in caplog.records if "service names" in r.getMessage()]
-        assert len(warnings) == 1
-        assert "'c'" in warnings[0].getMessage()
-        # Spans keep the real names.
-        assert {(s.attributes or {})["gputime.service"] for s in sdk.spans()} == set("abcde")
-
-    @pytest.mark.parametrize("raw", ["0", "many"])
-    def test_a_bad_cap_falls_back_to_the_default(
-        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raw: str
-    ):
-        monkeypatch.setenv(_metrics.MAX_SERVICES_ENV, raw)
-        with caplog.at_level(logging.WARNING, logger="gputime"):
-            assert _metrics._max_services() == _metrics.MAX_SERVICES
-        assert _metrics.MAX_SERVICES_ENV in caplog.text
-
-
-# -- faults never reach user code -------------------------------------------------------------
-
-
-class Broken:
-    """Stands in for any OpenTelemetry object: every call raises."""
-
-    def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError(f"broken {name}")
-
-        return fail
-
-
 class TestFaults:
     def test_a_provider_that_fails_at_set_up(
         self, gpu: SimulatedGpu, caplog: pytest.LogCaptureFixture
@@ -1113,36 +639,3 @@ class TestFaults:
                 pass
         assert "otel.tracer failed" in caplog.text
         assert "otel.meter failed" in caplog.text
-
-
-class BrokenSpan:
-    def __init__(self, span: Any) -> None:
-        self._span = span
-
-    def is_recording(self) -> bool:
-        return True
-
-    def set_attributes(self, attributes: Any) -> None:
-        raise RuntimeError("attributes refused")
-
-    def end(self) -> None:
-        self._span.end()
-        raise RuntimeError("end refused")
-
-
-class TestFork:
-    def test_child_starts_from_zero(self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        # What the at-fork hooks run in a child, run here on this state.
-        traced._after_fork_in_child()
-        _metrics._after_fork_in_child()
-        assert traced._member._carry == {}
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
