@@ -403,3 +403,29 @@ class TestFork:
         clock.advance(P)
         traced.poll()
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
+
+
+class TestOneSnapshotPerExport:
+    def test_the_four_instruments_report_one_snapshot(
+        self, traced: Tracker, sdk: Sdk, clock: FakeClock, busy: SimulatedGpu
+    ):
+        member = traced._member
+        assert member is not None
+        reads: list[int] = []
+        totals = member._totals
+
+        def counted() -> Any:
+            reads.append(1)
+            return totals()
+
+        member._totals = counted  # type: ignore[method-assign]
+        with traced.gpu_task("nmt"):
+            clock.advance(6 * P)
+        clock.advance(P)
+        traced.poll()
+        metrics = sdk.metrics()  # one export: busy, util, energy and active time
+        assert len(reads) == 1
+        assert sdk.points("gputime.gpu.busy_time", metrics)
+        assert sdk.points("gputime.task.active", metrics)
+        sdk.metrics()
+        assert len(reads) == 2  # the next export takes its own
