@@ -7,7 +7,7 @@ with :func:`stats`; spans and metrics go through OpenTelemetry.
 from __future__ import annotations
 
 from gputime._backends import BackendUnavailable
-from gputime._default import configure, get_tracker, reset, stats
+from gputime._default import configure, get_tracker, reset, start_task, stats
 from gputime._figures import ServiceStats
 from gputime._handle import TaskHandle
 from gputime._task import gpu_task
@@ -24,5 +24,6 @@ __all__ = [
     "get_tracker",
     "gpu_task",
     "reset",
+    "start_task",
     "stats",
 ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, overload
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 from gputime import _fork
 from gputime._backends import Backend
 from gputime._figures import ServiceStats
+from gputime._handle import TaskHandle
 from gputime._tracker import Tracker
 from gputime._types import Attribution, Clock, DeviceSelector
 
@@ -88,6 +89,17 @@ def _reinit_lock_in_child() -> None:
 
 
 _fork.in_child(_reinit_lock_in_child)
+
+
+def start_task(
+    service: str,
+    *,
+    name: str | None = None,
+    span: bool = True,
+    attributes: Mapping[str, Any] | None = None,
+) -> TaskHandle:
+    """Start a task on the default tracker; see :meth:`Tracker.start_task`."""
+    return get_tracker().start_task(service, name=name, span=span, attributes=attributes)
 
 
 @overload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from gputime._sums import TaskRecord
 from gputime._types import Status
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from gputime._task import gpu_task
     from gputime._tracker import Tracker
 
@@ -22,9 +25,10 @@ class TaskHandle(TaskRecord):
     The handle is also the ledger's record of the task: one object per task.
     """
 
-    __slots__ = ("_cm_token", "_otel", "_spec", "_tracker", "error", "service")
+    __slots__ = ("_cm_token", "_otel", "_span_token", "_spec", "_tracker", "error", "service")
 
     _cm_token: object  # set by gpu_task.__enter__ only: one store fewer per call
+    _span_token: object  # set by __enter__ only (start_task used with ``with``)
 
     def __init__(self, tracker: Tracker, spec: gpu_task) -> None:
         self._values = None
@@ -106,6 +110,38 @@ class TaskHandle(TaskRecord):
     def coverage(self) -> float:
         """Fraction of the task window (times devices) for which readings arrived."""
         return self.figures.coverage
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the task now (a task from ``start_task``); idempotent, never raises.
+
+        Args:
+            error: The exception the job raised, if any: an ``Exception`` marks
+                the span as failed (``error.type``); cancellation and other
+                ``BaseException``s end it without.
+
+        May be called from any thread, and more than once: the first call
+        ends the task, later ones change nothing.
+        """
+        # _end_task reports its own faults; this is the backstop of "never raises".
+        with contextlib.suppress(Exception):
+            self._tracker._end_task(self, error)
+
+    def __enter__(self) -> TaskHandle:
+        """Make the task's span current until the block ends (then the task ends)."""
+        self._span_token = self._tracker._activate(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = getattr(self, "_span_token", None)
+        if token is not None:
+            self._span_token = None
+            self._tracker._deactivate(token)
+        self.end(exc)
 
     def __repr__(self) -> str:
         f = self.figures

@@ -236,7 +236,7 @@ class Ledger:
         reads: Sequence[ReadOutcome] | None,
         timing: tuple[float, float | None] | None = None,
     ) -> bool:
-        """Close a task after its exit read; returns whether no task runs any more.
+        """Close a task after its exit read; False where it had ended already.
 
         Args:
             record: What :meth:`begin` opened.
@@ -264,13 +264,13 @@ class Ledger:
     ) -> bool:
         """:meth:`end` with the lock held."""
         if record.end_time is not None:
-            return False  # ended twice
+            return False  # ended before: the first end counted
         if record._generation != self.generation:
             # Begun before a fork: the child starts empty, and this process
             # has no figures for the part of the task it saw.
             record.end_time = end
             record._final = INHERITED
-            return False
+            return True
         service = record._svc
         service.task_count += 1
         service.active -= 1
@@ -279,7 +279,7 @@ class Ledger:
         if not self._device_count:
             record.end_time = end if end > record.start_time else record.start_time
             record._final = UNAVAILABLE
-            return last
+            return True
         channels = self.channels
         # Keep time in order: a begin, an end or a sample that another
         # thread applied between our clock read and this lock moves the end
@@ -338,7 +338,7 @@ class Ledger:
         if self._ends_since_forget >= _FORGET_EVERY:
             self._ends_since_forget = 0
             self.services.forget(channels)
-        return last
+        return True
 
     def apply_recorded(self) -> None:
         """Apply the task ends recorded so far (see :attr:`recorded`)."""
@@ -352,8 +352,9 @@ class Ledger:
         recorded = self.recorded
         while recorded:
             record, end, payload = recorded.popleft()
-            self._end_locked(record, end, None)  # no exit read: it could not be made
-            self.finished.append((record, payload))
+            # No exit read: it could not be made. An end recorded twice emits once.
+            if self._end_locked(record, end, None):
+                self.finished.append((record, payload))
 
     # -- sampling --------------------------------------------------------------------
 

@@ -163,6 +163,30 @@ class Tracker:
 
         return gpu_task(service, name=name, span=span, attributes=attributes, tracker=self)
 
+    def start_task(
+        self,
+        service: str,
+        *,
+        name: str | None = None,
+        span: bool = True,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> TaskHandle:
+        """Start a task now and return its handle; ``handle.end()`` ends it.
+
+        For runners that call back on start and on finish (job queues, Celery
+        signals, framework hooks): the same figures, span, metrics and
+        listeners as ``gpu_task``. The span is not made current (a callback
+        returns before the work runs), unless the handle is used as ``with
+        tracker.start_task(...) as task:``.
+
+        Raises:
+            TypeError, ValueError: A bad argument, as for ``gpu_task``.
+        """
+        from gputime._task import gpu_task  # noqa: PLC0415 - _task imports this module
+
+        spec = gpu_task(service, name=name, span=span, attributes=attributes, tracker=self)
+        return self._start_task(spec, False)
+
     @overload
     def stats(self) -> dict[str, ServiceStats]: ...
 
@@ -328,13 +352,15 @@ class Tracker:
                 or (end < ledger.channels.fresh_until and not self._closed)
                 or handle._generation != ledger.generation  # begun before a fork
             ):
-                ledger.end(handle, end, None)  # nothing new can have been sampled
+                ended = ledger.end(handle, end, None)  # nothing new can have been sampled
             else:
                 reader = self._reader
                 reads = reader.read_all(ledger.read_plan())
                 # The last task's end sets the settle deadline; the sampler,
                 # awake while tasks ran, finds it at its next tick (no wake).
-                ledger.end(handle, end, reads, reader.timing())
+                ended = ledger.end(handle, end, reads, reader.timing())
+            if not ended:
+                return  # ended before (TaskHandle.end() twice): emitted then
         except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
             self._faults.report("task end", fault)
         if self._finished:

@@ -82,6 +82,12 @@ def check() -> None:
     listener(task)
     tracker.on_task_start(lambda t: print(t.service))
 
+    started = gputime.start_task("nmt", name="job", attributes={"job.id": 7})
+    assert_type(started, TaskHandle)
+    assert_type(started.end(), None)
+    with tracker.start_task("tts") as block:
+        assert_type(block, TaskHandle)
+
 
 async def acheck() -> None:
     async with gpu_task("tts") as task:
