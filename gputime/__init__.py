@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gputime._backends import BackendUnavailable
 from gputime._default import configure, get_tracker, reset, start_task, stats
-from gputime._figures import ServiceStats
+from gputime._figures import DeviceFigures, ServiceStats
 from gputime._handle import TaskHandle
 from gputime._task import gpu_task
 from gputime._tracker import Tracker
@@ -16,6 +16,7 @@ from gputime._version import __version__
 
 __all__ = [
     "BackendUnavailable",
+    "DeviceFigures",
     "ServiceStats",
     "TaskHandle",
     "Tracker",

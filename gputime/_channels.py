@@ -153,6 +153,11 @@ class Channels:
             else []
         )
         self.all = (*self.util, *self.power)
+        #: Per device, its channels (utilisation, then power where measured).
+        self.of_device = tuple(
+            (util, self.power[device]) if energy else (util,)
+            for device, util in enumerate(self.util)
+        )
         self.slots = len(self.all)
         self.period = period
         self.jitter = jitter
@@ -163,6 +168,11 @@ class Channels:
         #: The oldest and newest horizons (read on every task begin and end).
         self.min_horizon = -math.inf if self.all else math.inf
         self.max_horizon = -math.inf
+        #: Failed reads so far: a task that sees the count change was running
+        #: while a reading it needed failed (it notes the count when it begins).
+        self.failures = 0
+        #: Per device, the count just after its newest failed read (0: none).
+        self.failed_at = [0] * devices
 
     # -- reading plan ----------------------------------------------------------------
 
@@ -249,13 +259,13 @@ class Channels:
 
     # -- crediting ----------------------------------------------------------------------
 
-    def ingest(self, reads: Sequence[ReadOutcome], tracking: Collection[Service]) -> int:
-        """Credit one outcome per device to ``tracking``; returns how many reads failed."""
-        failed = 0
+    def ingest(self, reads: Sequence[ReadOutcome], tracking: Collection[Service]) -> None:
+        """Credit one outcome per device to ``tracking`` (a failure counts in :attr:`failures`)."""
         for device, outcome in enumerate(reads):
             util = self.util[device]
             if isinstance(outcome, BaseException):
-                failed += 1
+                self.failures += 1
+                self.failed_at[device] = self.failures
                 util.failing = True
                 self._read_failed(util, tracking)
                 if self.power:
@@ -276,7 +286,6 @@ class Channels:
                 self._ingest(self.power[device], outcome.power, tracking)
         self._update_horizons()
         self._update_fresh_until()
-        return failed
 
     def _read_failed(self, channel: Channel, tracking: Collection[Service]) -> None:
         # Figures that needed this reading are partial, even if the samples
@@ -286,7 +295,7 @@ class Channels:
         unread_from = channel.horizon + EPS
         for service in tracking:
             if service.active or service.last_close > max(unread_from, service.reset_at):
-                service.failed = True
+                service.failed_on.add(channel.device)
 
     def _ingest(
         self,
@@ -350,22 +359,16 @@ class Channels:
             if channel.pending:
                 channel.pending = [p for p in channel.pending if not p[1]._done]
 
-    def unread(self, service: Service, since: float) -> float:
-        """Active time of ``service`` after ``since`` that failing reads left unread.
+    def unread_on(self, channel: Channel, service: Service, since: float) -> float:
+        """Active time of ``service`` after ``since`` that ``channel``'s failing reads left unread.
 
         While a device's reads fail, its horizon stays where the last good
         read left it: the service's time past it, up to now, was not read.
         """
-        unread = 0.0
-        now: float | None = None
-        for channel in self.util:
-            if not channel.failing or not service.bp_t:
-                continue
-            lo = channel.horizon if channel.horizon > since else since
-            if not service.active and service.last_close <= lo:
-                continue
-            if now is None:
-                now = self._clock()
-            if now > lo:
-                unread += service.active_between(lo, now)
-        return unread
+        if not channel.failing or not service.bp_t:
+            return 0.0
+        lo = channel.horizon if channel.horizon > since else since
+        if not service.active and service.last_close <= lo:
+            return 0.0
+        now = self._clock()
+        return service.active_between(lo, now) if now > lo else 0.0

@@ -10,8 +10,8 @@ coverage, the same way for a task and for a service.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from gputime._types import Attribution, Status
@@ -36,6 +36,29 @@ EPS = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceFigures:
+    """One device's part of a task's or a service's figures.
+
+    Attributes:
+        gpu_ms: GPU-busy milliseconds of this device inside the window.
+        gpu_util_ms: The same integral weighted by utilisation / 100.
+        energy_mj: Energy this device drew, in millijoules; ``None`` where
+            not measured.
+        status: ``"ok"``, ``"partial"`` (a reading of this device that the
+            figure needed failed or was lost) or ``"unavailable"`` (this
+            device cannot report utilisation, e.g. MIG, or nothing can).
+        coverage: Fraction of the window for which this device's readings
+            arrived.
+    """
+
+    gpu_ms: float = 0.0
+    gpu_util_ms: float = 0.0
+    energy_mj: float | None = None
+    status: Status = "ok"
+    coverage: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceStats:
     """A snapshot of one service's figures since its last reset.
 
@@ -51,6 +74,9 @@ class ServiceStats:
             the last reset.
         coverage: Fraction of the service window (times devices) for which
             readings arrived; 1.0 before any reading was needed.
+        devices: Each tracked device's part, by device id (NVML UUID), in
+            the tracker's device order; ``gpu_ms``, ``gpu_util_ms`` and
+            ``energy_mj`` above are their sums. Empty without devices.
     """
 
     service: str
@@ -61,6 +87,8 @@ class ServiceStats:
     energy_mj: float | None = None
     status: Status = "ok"
     coverage: float = 1.0
+    # Left out of the hash (a dict has none), kept in equality.
+    devices: Mapping[str, DeviceFigures] = field(default_factory=dict, hash=False)
 
 
 class Figures(NamedTuple):
@@ -83,6 +111,13 @@ UNAVAILABLE = Figures(0.0, 0.0, None, "unavailable", 0.0)
 #: The figures of a task a forked child inherited: it has none for it.
 INHERITED: FiguresTuple = (0.0, 0.0, None, "partial", 0.0)
 
+#: The part of a device that is tracked but cannot be read (MIG), or of every
+#: device where no GPU figure can exist.
+DEVICE_UNAVAILABLE = DeviceFigures(0.0, 0.0, None, "unavailable", 0.0)
+
+#: Per read device, a figure (``None``: one device, whose figure is the total).
+PerDevice = tuple[FiguresTuple, ...] | None
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -99,6 +134,10 @@ class Profile:
         threshold: Samples at or below this percent count as idle.
         split: Attribution ``"split"``: busy time at each moment is divided
             among the services active then.
+        layout: Every tracked device in the tracker's order: its id, and the
+            channel that reads it (``None``: never read).
+        per_device: Figures are kept per device (more than one tracked
+            device); with one, its figure is the total.
     """
 
     measures: bool
@@ -107,6 +146,8 @@ class Profile:
     measured_share: float
     threshold: float
     split: bool
+    layout: tuple[tuple[str, int | None], ...] = ()
+    per_device: bool = False
 
     @classmethod
     def of(
@@ -117,8 +158,15 @@ class Profile:
         measures_energy: bool,
         threshold: float,
         attribution: Attribution,
+        layout: Sequence[tuple[str, int | None]] = (),
     ) -> Profile:
-        """The profile of ``devices`` read and ``unmeasured`` tracked but never read (MIG)."""
+        """The profile of ``devices`` read and ``unmeasured`` tracked but never read (MIG).
+
+        ``layout`` names the tracked devices (see the attribute); without it,
+        the read devices are named by their channel number.
+        """
+        if not layout:
+            layout = [(str(channel), channel) for channel in range(devices)]
         return cls(
             measures=measures_utilization and bool(devices),
             measures_energy=measures_energy,
@@ -126,6 +174,8 @@ class Profile:
             measured_share=devices / (devices + unmeasured) if devices else 1.0,
             threshold=threshold,
             split=attribution == "split",
+            layout=tuple(layout),
+            per_device=devices + unmeasured > 1,
         )
 
     @property
@@ -135,12 +185,24 @@ class Profile:
             return "unavailable"
         return "partial" if self.partial_devices else "ok"
 
+    def devices(self, total: FiguresTuple, per_device: PerDevice) -> dict[str, DeviceFigures]:
+        """Each tracked device's figures by id, from what :func:`task_figures` returned."""
+        if not self.measures:
+            return dict.fromkeys((device for device, _ in self.layout), DEVICE_UNAVAILABLE)
+        # None: one device, whose figure is the total, or a figure that is
+        # the same on every device (a task a forked child inherited).
+        figures = (total,) * len(self.layout) if per_device is None else per_device
+        return {
+            device: DEVICE_UNAVAILABLE if channel is None else DeviceFigures(*figures[channel])
+            for device, channel in self.layout
+        }
+
 
 class Tally:
     """The differences of sums across channels, turned into one figure.
 
     Attributes are seconds (``busy``, ``covered``, ``missing``), percent-seconds
-    (``weighted``) and millijoules (``energy``), summed over devices.
+    (``weighted``) and millijoules (``energy``), summed over the channels added.
     """
 
     __slots__ = ("busy", "covered", "energy", "energy_missing", "missing", "weighted")
@@ -160,8 +222,17 @@ class Tally:
             self.covered += now[COVERED] - since[COVERED]
             self.missing += now[MISSING] - since[MISSING]
 
-    def finish(self, profile: Profile, failed: bool) -> FiguresTuple:
-        """The figure (``failed``: a reading it needed failed)."""
+    def add_tally(self, other: Tally) -> None:
+        """Add another tally (one device's) to this one."""
+        self.busy += other.busy
+        self.weighted += other.weighted
+        self.covered += other.covered
+        self.missing += other.missing
+        self.energy += other.energy
+        self.energy_missing |= other.energy_missing
+
+    def finish(self, profile: Profile, failed: bool, *, whole: bool = True) -> FiguresTuple:
+        """The figure (``failed``: a reading it needed failed; see :func:`finish`)."""
         return finish(
             profile,
             self.busy,
@@ -170,6 +241,7 @@ class Tally:
             self.missing,
             self.energy,
             self.energy_missing or failed,
+            whole=whole,
         )
 
 
@@ -181,6 +253,7 @@ def finish(
     missing: float,
     energy: float,
     failed: bool,
+    whole: bool = True,
 ) -> FiguresTuple:
     """A figure from its totals: milliseconds, energy, status and coverage.
 
@@ -190,27 +263,39 @@ def finish(
             ``missing``: seconds read and seconds a reading said were lost;
             ``energy``: millijoules.
         failed: A reading the figure needed failed, or energy was lost.
+        whole: The figure of every tracked device (False: of one read device,
+            which devices never read do not make partial).
     """
     if not profile.measures:
         return 0.0, 0.0, None, "unavailable", 0.0
-    partial = failed or missing > EPS or profile.partial_devices
+    partial = failed or missing > EPS or (whole and profile.partial_devices)
     seen = covered + missing
     return (
         1000.0 * busy,
         10.0 * weighted,
         energy if profile.measures_energy else None,
         "partial" if partial else "ok",
-        (covered / seen if seen > EPS else 1.0) * profile.measured_share,
+        (covered / seen if seen > EPS else 1.0) * (profile.measured_share if whole else 1.0),
     )
 
 
 def never_seen(name: str, profile: Profile) -> ServiceStats:
     """The figures of a service no task ever ran for: zeros."""
+    zeros = (
+        0.0,
+        0.0,
+        0.0 if profile.measures_energy else None,
+        profile.base_status,
+        profile.measured_share if profile.measures else 0.0,
+    )
+    devices_zeros: FiguresTuple = (0.0, 0.0, zeros[2], "ok", 1.0)
+    per_device = tuple(devices_zeros for _, channel in profile.layout if channel is not None)
     return ServiceStats(
         name,
-        energy_mj=0.0 if profile.measures_energy else None,
-        status=profile.base_status,
-        coverage=profile.measured_share if profile.measures else 0.0,
+        energy_mj=zeros[2],
+        status=zeros[3],
+        coverage=zeros[4],
+        devices=profile.devices(zeros, per_device if profile.per_device else None),
     )
 
 
@@ -221,9 +306,9 @@ def task_figures(
     reads: Sequence[ReadOutcome] | None,
     channels: Channels,
     profile: Profile,
-    fail_epoch: int,
+    device: int | None = None,
 ) -> FiguresTuple:
-    """A task's figures: live (``end`` is ``None``) or final.
+    """A task's figures, live (``end`` is ``None``) or final: in total, or of one device.
 
     Per channel, the sums at the end (the end mark, else the sums now) less
     the sums at the start; when final and the end is past the newest reading,
@@ -238,7 +323,8 @@ def task_figures(
         reads: The exit read's outcome per device (``None``: no read was made).
         channels: The tracker's channels.
         profile: What its devices measure.
-        fail_epoch: The ledger's count of failed reads (see ``Ledger``).
+        device: The read device (channel number) whose part to figure;
+            ``None``: every device's, summed.
     """
     service = record._svc
     start = record.start_time
@@ -248,7 +334,7 @@ def task_figures(
     threshold = profile.threshold
     busy = weighted = covered = missing = energy = 0.0
     energy_missing = False
-    for channel in channels.all:
+    for channel in channels.all if device is None else channels.of_device[device]:
         slot = channel.slot
         at_end = ends[slot] if ends is not None else None
         at_start = starts[slot] if starts is not None else None
@@ -265,6 +351,8 @@ def task_figures(
                 missing += at_end[MISSING] - at_start[MISSING]
         horizon = channel.horizon
         if end is None or (ends is not None and ends[slot] is not None) or horizon >= end:
+            if end is None and channel.failing:
+                missing += channels.unread_on(channel, service, start)
             continue
         # The tail: from the newest reading (or the start) to the end.
         lo = start if start > horizon else horizon
@@ -288,23 +376,72 @@ def task_figures(
         if value > threshold:
             busy += weight
             weighted += value * weight
-    if end is None:
-        missing += channels.unread(service, start)
-    failed_read = record._fail_epoch != fail_epoch
-    return finish(profile, busy, weighted, covered, missing, energy, failed_read or energy_missing)
+    # A read failed since the task began: of any device, or of this one.
+    if device is None:
+        failed_read = record._fail_epoch != channels.failures
+    else:
+        failed_read = channels.failed_at[device] > record._fail_epoch
+    return finish(
+        profile,
+        busy,
+        weighted,
+        covered,
+        missing,
+        energy,
+        failed_read or energy_missing,
+        device is None,  # positional: a keyword costs more on every task exit
+    )
+
+
+def per_device_figures(
+    record: TaskRecord,
+    end: float | None,
+    end_mark: Mark | None,
+    reads: Sequence[ReadOutcome] | None,
+    channels: Channels,
+    profile: Profile,
+) -> PerDevice:
+    """Each read device's part of a task's figures (see :func:`task_figures`).
+
+    ``None`` where the tracker tracks one device: its figure is the total, and
+    the task path pays nothing for it.
+    """
+    if not profile.per_device:
+        return None
+    return tuple(
+        task_figures(record, end, end_mark, reads, channels, profile, device)
+        for device in range(len(channels.util))
+    )
 
 
 def service_stats(service: Service, channels: Channels, profile: Profile) -> ServiceStats:
     """A service's figures since its last reset: its sums now less its reset mark."""
-    tally = Tally()
+    tallies = [Tally() for _ in channels.util]
     mark = service.reset_mark
     for channel in channels.all:
         since = ZEROS if mark is None else mark.get(channel.slot)
         if since is None:
             continue  # the sample covering the reset has not come yet
-        tally.add(service.sums[channel.slot], since, channel.is_power)
-    tally.missing += channels.unread(service, service.reset_at)
-    gpu_ms, gpu_util_ms, energy_mj, status, coverage = tally.finish(profile, service.failed)
+        tallies[channel.device].add(service.sums[channel.slot], since, channel.is_power)
+    for channel in channels.util:
+        if channel.failing:
+            tallies[channel.device].missing += channels.unread_on(
+                channel, service, service.reset_at
+            )
+    failed_on = service.failed_on
+    per_device: PerDevice = None
+    if not profile.per_device and len(tallies) == 1:
+        total = tallies[0]
+    else:
+        per_device = tuple(
+            tally.finish(profile, device in failed_on, whole=False)
+            for device, tally in enumerate(tallies)
+        )
+        total = Tally()
+        for tally in tallies:
+            total.add_tally(tally)
+    figures = total.finish(profile, bool(failed_on))
+    gpu_ms, gpu_util_ms, energy_mj, status, coverage = figures
     return ServiceStats(
         service=service.name,
         task_count=service.task_count,
@@ -314,4 +451,5 @@ def service_stats(service: Service, channels: Channels, profile: Profile) -> Ser
         energy_mj=energy_mj,
         status=status,
         coverage=coverage,
+        devices=profile.devices(figures, per_device),
     )

@@ -6,7 +6,7 @@ import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
-from gputime._figures import Figures
+from gputime._figures import DeviceFigures, Figures
 from gputime._sums import TaskRecord
 from gputime._types import Status
 
@@ -35,6 +35,7 @@ class TaskHandle(TaskRecord):
         self._done = False
         self.end_time: float | None = None
         self._final = None
+        self._final_devices = None
         self._tracker = tracker
         self._spec = spec
         self._otel: object = None
@@ -85,6 +86,16 @@ class TaskHandle(TaskRecord):
     def figures(self) -> Figures:
         """All GPU figures at once, consistent with each other."""
         return self._tracker._ledger.figures(self)
+
+    @property
+    def devices(self) -> dict[str, DeviceFigures]:
+        """This task's figures per tracked device, by device id (NVML UUID).
+
+        In the tracker's device order; :attr:`gpu_ms`, :attr:`gpu_util_ms` and
+        :attr:`energy_mj` are their sums. A device that cannot report
+        utilisation (MIG) reads ``unavailable``.
+        """
+        return self._tracker._ledger.device_figures(self)
 
     @property
     def gpu_ms(self) -> float:

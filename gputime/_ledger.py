@@ -22,9 +22,13 @@ from gputime._figures import (
     EPS,
     INHERITED,
     UNAVAILABLE,
+    DeviceFigures,
     Figures,
+    FiguresTuple,
+    PerDevice,
     Profile,
     ServiceStats,
+    per_device_figures,
     task_figures,
 )
 from gputime._sums import Mark, Services, TaskRecord
@@ -57,6 +61,8 @@ class Ledger:
         devices: Number of tracked devices that are read (0 for the ``none`` backend).
         unmeasured: Tracked devices that cannot report utilisation (MIG): never
             read, they make every figure ``partial`` with its coverage reduced.
+        layout: Every tracked device in order: its id and the channel that
+            reads it (``None``: never read); figures per device go by these ids.
         measures_utilization: False when no GPU figure can exist
             (every status then reads ``unavailable``).
         measures_energy: True when readings carry power samples.
@@ -75,6 +81,7 @@ class Ledger:
         *,
         devices: int,
         unmeasured: int = 0,
+        layout: Sequence[tuple[str, int | None]] = (),
         measures_utilization: bool,
         measures_energy: bool,
         sample_period: float,
@@ -98,7 +105,13 @@ class Ledger:
         self._clock = clock
         self._device_count = devices
         self.profile = Profile.of(
-            devices, unmeasured, measures_utilization, measures_energy, threshold, attribution
+            devices,
+            unmeasured,
+            measures_utilization,
+            measures_energy,
+            threshold,
+            attribution,
+            layout,
         )
         self._split = self.profile.split
         #: Bumped in a forked child: records of an older generation are inherited.
@@ -126,9 +139,6 @@ class Ledger:
         self._last_close = -math.inf
         self._settle_deadline: float | None = None
         self._ends_since_forget = 0
-        # Bumped by every failed read: a task that sees it change was running
-        # while a reading it needed failed.
-        self._fail_epoch = 0
         self.channels = Channels(
             self._device_count,
             self.profile.measures_energy,
@@ -201,7 +211,7 @@ class Ledger:
             record.start_time = now
             record.concurrency = service.active
             record._generation = self.generation
-            record._fail_epoch = self._fail_epoch
+            record._fail_epoch = self.channels.failures
             woke = False
             if self._device_count:
                 channels = self.channels
@@ -308,11 +318,14 @@ class Ledger:
             end_mark._svc = service
             for channel in self._channel_list:
                 channel.pending.append((end, end_mark))
-            self._fail_epoch += channels.ingest(reads, self._tracking)
+            channels.ingest(reads, self._tracking)
             end_mark._done = True
-        record._final = task_figures(
-            record, end, end_mark, reads, channels, self.profile, self._fail_epoch
-        )
+        profile = self.profile
+        record._final = task_figures(record, end, end_mark, reads, channels, profile)
+        if profile.per_device:
+            record._final_devices = per_device_figures(
+                record, end, end_mark, reads, channels, profile
+            )
         record._done = True
         if last:
             self._last_close = end
@@ -387,7 +400,7 @@ class Ledger:
             channels = self.channels
             if timing is not None:
                 channels.period, channels.jitter = timing
-            self._fail_epoch += channels.ingest(reads, self._tracking)
+            channels.ingest(reads, self._tracking)
             self._ends_since_forget = 0
             self.services.forget(channels)
 
@@ -419,19 +432,31 @@ class Ledger:
         final = record._final
         if final is not None:
             return Figures(*final)
+        return Figures(*self._live_figures(record)[0])
+
+    def device_figures(self, record: TaskRecord) -> dict[str, DeviceFigures]:
+        """A task's figures per tracked device, by id (see :meth:`figures`)."""
+        final = record._final
+        if final is None:
+            final, per_device = self._live_figures(record)
+        else:
+            per_device = record._final_devices
+        return self.profile.devices(final, per_device)
+
+    def _live_figures(self, record: TaskRecord) -> tuple[FiguresTuple, PerDevice]:
         with self._lock:
             if self.recorded:
                 self._apply_recorded()
             if record._final is not None:
-                return Figures(*record._final)
+                return record._final, record._final_devices
             if not self._device_count:
-                return UNAVAILABLE
+                return UNAVAILABLE, None
             if record._generation != self.generation:
-                return Figures(*INHERITED)
-            return Figures(
-                *task_figures(
-                    record, None, None, None, self.channels, self.profile, self._fail_epoch
-                )
+                return INHERITED, None
+            channels, profile = self.channels, self.profile
+            return (
+                task_figures(record, None, None, None, channels, profile),
+                per_device_figures(record, None, None, None, channels, profile),
             )
 
     def stats(self, service_name: str | None = None) -> dict[str, ServiceStats]:

@@ -42,6 +42,12 @@ class DeviceReader:
         self.count = len(self._index) if session.measures_utilization else 0
         #: Devices tracked but never read.
         self.unmeasured = len(session.devices) - self.count
+        #: Every tracked device: its id, and the channel that reads it (``None``: never read).
+        channel_of = {device: channel for channel, device in enumerate(self._index)}
+        self.layout: tuple[tuple[str, int | None], ...] = tuple(
+            (device.id, channel_of.get(i) if self.count else None)
+            for i, device in enumerate(session.devices)
+        )
         #: Set by the tracker's close(): reads stop, and report why.
         self.closed = False
         # Optional parts of a session (see docs/design.md, "The backend interface").

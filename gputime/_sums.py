@@ -22,6 +22,7 @@ from gputime._figures import (
     MISSING,
     WEIGHTED,
     FiguresTuple,
+    PerDevice,
     Profile,
     ServiceStats,
     Sums,
@@ -75,7 +76,15 @@ class TaskRecord(Mark):
     :class:`gputime.TaskHandle` extends it, so each task is one object.
     """
 
-    __slots__ = ("_fail_epoch", "_final", "_generation", "concurrency", "end_time", "start_time")
+    __slots__ = (
+        "_fail_epoch",
+        "_final",
+        "_final_devices",
+        "_generation",
+        "concurrency",
+        "end_time",
+        "start_time",
+    )
 
     _generation: int
     _fail_epoch: int
@@ -89,6 +98,8 @@ class TaskRecord(Mark):
         #: Tracker clock when the task ended; ``None`` while it runs.
         self.end_time: float | None = None
         self._final: FiguresTuple | None = None
+        # Per read device, once ended (None: one device, whose figure is the total).
+        self._final_devices: PerDevice = None
 
 
 class Service(Windows):
@@ -100,7 +111,7 @@ class Service(Windows):
 
     __slots__ = (
         "active",
-        "failed",
+        "failed_on",
         "last_close",
         "name",
         "reset_at",
@@ -121,8 +132,8 @@ class Service(Windows):
         self.reset_mark: Mark | None = None
         #: When the last reset was (its figures count from there).
         self.reset_at = -math.inf
-        #: A reading this service needed failed since its last reset.
-        self.failed = False
+        #: Devices whose reading this service needed failed since its last reset.
+        self.failed_on: set[int] = set()
 
 
 def credit_to(
@@ -216,7 +227,7 @@ class Services:
             mark = service.reset_mark = Mark()
             mark._svc = service
             service.task_count = 0
-            service.failed = False
+            service.failed_on = set()
             service.reset_at = now
             if service.active or not channels.covered_up_to(service.last_close):
                 # A sample still to come may straddle the reset: only its

@@ -87,6 +87,7 @@ class Tracker:
         self._ledger = Ledger(
             devices=reader.count,
             unmeasured=reader.unmeasured,
+            layout=reader.layout,
             measures_utilization=session.measures_utilization,
             measures_energy=session.measures_energy,
             sample_period=period,

@@ -113,6 +113,7 @@ class SimulatedGpu:
         self._timelines = [_Timeline() for _ in range(devices)]
         self._power = [_Timeline() for _ in range(devices)]
         self._failures_left: int | None = 0
+        self._failing_device: int | None = None
         self._lock = threading.Lock()
         #: Reads made so far (every call to a session's ``read``), for tests.
         self.reads: int = 0
@@ -153,16 +154,24 @@ class SimulatedGpu:
             self._power[device].set(now, float(watts))
             self._power[device].forget_before((self._oldest_kept(now) - 1) * self.sample_period)
 
-    def fail_reads(self, times: int | None = None) -> None:
+    def fail_reads(self, times: int | None = None, *, device: int | None = None) -> None:
         """Make the next ``times`` reads fail; every read while ``times`` is ``None``.
 
         A read is one call that reads one device's samples. ``fail_reads(0)``
         ends the failures.
+
+        Args:
+            times: How many reads fail (``None``: every read, until changed).
+            device: Only this device's reads fail (and count); ``None``: any
+                device's.
         """
         if times is not None:
             _validate.count("times", times)
+        if device is not None:
+            self._timeline(device)  # a clear error for a device that does not exist
         with self._lock:
             self._failures_left = times
+            self._failing_device = device
 
     def sample(self, k: int, device: int = 0) -> int:
         """The value of sample ``k`` of ``device``, visible yet or not.
@@ -234,7 +243,9 @@ class SimulatedGpu:
         period = self.sample_period
         with self._lock:
             self.reads += 1
-            if self._failures_left is None or self._failures_left > 0:
+            if (self._failures_left is None or self._failures_left > 0) and (
+                self._failing_device is None or self._failing_device == device
+            ):
                 if self._failures_left is not None:
                     self._failures_left -= 1
                 raise SimulatedReadError(f"simulated read failure on device {device}")
