@@ -32,12 +32,16 @@ def configure(
     threaded: bool = True,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
+    metrics_per_device: bool = False,
 ) -> Tracker:
     """Replace the process-wide default tracker, closing the old one.
 
     Takes the arguments of :class:`~gputime.Tracker`, spelled out so that a
     type checker catches a misspelt one. Tasks already running finish on the
-    tracker they started on.
+    tracker they started on. Listeners registered on the old default tracker
+    (``gputime.get_tracker().on_task_end(...)``) carry over to the new one, so
+    that code registering them at import time keeps working whenever the
+    application configures gputime.
 
     Returns:
         The new default tracker.
@@ -53,10 +57,12 @@ def configure(
         threaded=threaded,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        metrics_per_device=metrics_per_device,
     )
     with _lock:
         old, _default = _default, tracker
     if old is not None:
+        tracker._adopt_listeners(old)
         old.close()
     return tracker
 

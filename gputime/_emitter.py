@@ -267,6 +267,8 @@ class Emitter:
         }
         if figures.energy_mj is not None:
             attrs["gputime.gpu.energy_mj"] = figures.energy_mj
+        if len(self._device_ids) > 1:
+            _add_device_attributes(attrs, handle)
         user = handle.attributes
         if user:
             # The user's attributes first, so that a clash with a gputime name
@@ -332,3 +334,22 @@ def _detach(token: object, attached: Context | None) -> None:
         variable.set(Context() if previous is contextvars.Token.MISSING else previous)
     except RuntimeError:  # pragma: no cover - each token is reset once
         pass
+
+
+def _add_device_attributes(attrs: dict[str, AttributeValue], handle: TaskHandle) -> None:
+    """Per-device figures of a multi-device task, as arrays aligned by position.
+
+    Only the devices the task kept busy (``gpu_ms > 0``), so that a span's
+    size follows what the task used, not how many GPUs the host has; a task
+    that kept none busy gets none of these attributes.
+    """
+    used = [(device, f) for device, f in handle.devices.items() if f.gpu_ms > 0.0]
+    if not used:
+        return
+    attrs["gputime.gpu.devices.ids"] = [device for device, _ in used]
+    attrs["gputime.gpu.devices.busy_ms"] = [f.gpu_ms for _, f in used]
+    attrs["gputime.gpu.devices.util_ms"] = [f.gpu_util_ms for _, f in used]
+    energy = [f.energy_mj for _, f in used]
+    if all(value is not None for value in energy):
+        attrs["gputime.gpu.devices.energy_mj"] = [value or 0.0 for value in energy]
+    attrs["gputime.gpu.devices.status"] = [f.status for _, f in used]

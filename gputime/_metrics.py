@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
     from opentelemetry.util.types import AttributeValue
 
-    from gputime._figures import ServiceStats
+    from gputime._figures import DeviceFigures, ServiceStats
 
 #: Bucket boundaries of ``gputime.task.duration`` in seconds: GPU tasks run from
 #: a few milliseconds (one kernel batch) to minutes (a long synthesis or a
@@ -76,9 +76,15 @@ _OVERFLOW_ATTRIBUTES: Mapping[str, AttributeValue] = {
 #: Columns of a series' values, and the running-task count.
 _BUSY, _UTIL, _ENERGY, _ACTIVE = 0, 1, 2, 3
 
-#: Totals are per series key: a service name, or ``None`` for the overflow series.
+#: The attribute that names the device of a per-device series, as in
+#: OpenTelemetry's ``hw.gpu.*`` semantic conventions (joins with DCGM series).
+DEVICE_ATTRIBUTE = "hw.id"
+
+#: A service's series: its name, or ``None`` for the overflow series.
 SeriesKey = str | None
-Totals = dict[SeriesKey, list[float]]
+#: A counter series: the service's, and the device (``None``: summed over devices).
+CounterKey = tuple[SeriesKey, str | None]
+Totals = dict[CounterKey, list[float]]
 
 
 def _max_services() -> int:
@@ -111,21 +117,26 @@ class Member:
             ``Tracker.stats()``: that may finish deferred task ends, which call
             into the SDK, and totals are read inside the SDK's collection).
         faults: Where a failure to read the totals is reported.
+        per_device: Report the counters per device (attribute ``hw.id``)
+            instead of summed over devices.
     """
 
-    __slots__ = ("__weakref__", "_carry", "_faults", "_totals", "metric_set")
+    __slots__ = ("__weakref__", "_carry", "_faults", "_totals", "metric_set", "per_device")
 
     def __init__(
         self,
         metric_set: MetricSet,
         totals: Callable[[], dict[str, ServiceStats]],
         faults: FaultLog,
+        per_device: bool = False,
     ) -> None:
         self.metric_set = metric_set
         self._totals = totals
         self._faults = faults
-        # Per service, [offset, last raw total] for busy, util and energy (see reset()).
-        self._carry: dict[str, list[list[float]]] = {}
+        self.per_device = per_device
+        # Per (service, device), [offset, last raw total] for busy, util and
+        # energy (see reset()).
+        self._carry: dict[tuple[str, str | None], list[list[float]]] = {}
         metric_set.join(self)
 
     def reset(
@@ -149,35 +160,50 @@ class Member:
             if not zeroed:
                 return
             for name, before in zeroed.items():
-                carry = self._carry_of(name)
-                for column, value in enumerate(_milli_totals(before)):
-                    carry[column][0] += value
-                    carry[column][1] = 0.0
+                for device, figures in self._series_of(before):
+                    carry = self._carry_of(name, device)
+                    for column, value in enumerate(_milli_totals(figures)):
+                        carry[column][0] += value
+                        carry[column][1] = 0.0
 
-    def _carry_of(self, name: str) -> list[list[float]]:
-        carry = self._carry.get(name)
+    def _carry_of(self, name: str, device: str | None) -> list[list[float]]:
+        carry = self._carry.get((name, device))
         if carry is None:
-            carry = self._carry[name] = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+            carry = self._carry[name, device] = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
         return carry
 
-    def observe(self) -> Iterable[tuple[str, tuple[float, float, float | None], int]]:
-        """Per service: monotonic (busy s, util s, energy J or None), and running tasks.
+    def _series_of(
+        self, snapshot: ServiceStats
+    ) -> Iterable[tuple[str | None, ServiceStats | DeviceFigures]]:
+        """The counter series of one service: per device, or its totals."""
+        if self.per_device and snapshot.devices:
+            return snapshot.devices.items()
+        return ((None, snapshot),)
+
+    def observe(
+        self,
+    ) -> Iterable[tuple[str, list[tuple[str | None, tuple[float, float, float | None]]], int]]:
+        """Per service: per series (device or ``None``) monotonic (busy s, util s,
+        energy J or None), and the service's running tasks.
 
         Called by the metric set with its lock held.
         """
         for name, snapshot in self._totals().items():
-            carry = self._carry_of(name)
-            out: list[float] = []
-            for column, raw in enumerate(_milli_totals(snapshot)):
-                kept = carry[column]
-                if raw < kept[1]:
-                    # The ledger went down: a reset this member was not told
-                    # about. Keep what was seen before it.
-                    kept[0] += kept[1]
-                kept[1] = raw
-                out.append(kept[0] + raw)
-            energy = out[_ENERGY] / 1000.0 if snapshot.energy_mj is not None else None
-            yield name, (out[_BUSY] / 1000.0, out[_UTIL] / 1000.0, energy), snapshot.active_tasks
+            series = []
+            for device, figures in self._series_of(snapshot):
+                carry = self._carry_of(name, device)
+                out: list[float] = []
+                for column, raw in enumerate(_milli_totals(figures)):
+                    kept = carry[column]
+                    if raw < kept[1]:
+                        # The ledger went down: a reset this member was not
+                        # told about. Keep what was seen before it.
+                        kept[0] += kept[1]
+                    kept[1] = raw
+                    out.append(kept[0] + raw)
+                energy = out[_ENERGY] / 1000.0 if figures.energy_mj is not None else None
+                series.append((device, (out[_BUSY] / 1000.0, out[_UTIL] / 1000.0, energy)))
+            yield name, series, snapshot.active_tasks
 
     def _after_fork_in_child(self) -> None:
         # A new process starts at zero: nothing carried over.
@@ -208,6 +234,8 @@ class MetricSet:
         self.lock = threading.Lock()
         self.max_services = _max_services()
         self._series: dict[str, Mapping[str, AttributeValue]] = {}
+        # The attributes of per-device series, made once each.
+        self._device_series: dict[CounterKey, Mapping[str, AttributeValue]] = {}
         self._own_series = 0
         #: The first service sent to the overflow series, until it is logged.
         self._overflowed: str | None = None
@@ -216,9 +244,10 @@ class MetricSet:
         self._members: dict[int, tuple[weakref.ref[Member], Totals]] = {}
         self._retired: Totals = {}
         self._exported: Totals = {}
-        # One export's snapshot, and the columns it has served: the first
-        # instrument a collection asks takes it, the others reuse it.
-        self._snapshot: dict[SeriesKey, tuple[list[float], int]] | None = None
+        # One export's snapshot (counter totals, running tasks per service),
+        # and the columns it has served: the first instrument a collection
+        # asks takes it, the others reuse it.
+        self._snapshot: tuple[Totals, dict[SeriesKey, int]] | None = None
         self._served: set[int] = set()
         #: Whether the histogram's meter took DURATION_BUCKETS as advice.
         self.buckets_advised = True
@@ -381,22 +410,35 @@ class MetricSet:
                 snapshot = self._snapshot = self._collect(faults)
                 self._served = set()
             self._served.add(column)
+            counters, active = snapshot
             out = []
-            for key, (values, active) in snapshot.items():
-                attrs = _OVERFLOW_ATTRIBUTES if key is None else self._series[key]
-                if column == _ACTIVE:
-                    out.append(observation(active, attrs))
-                elif values[column] >= 0.0:  # energy is -1 where not measured
-                    out.append(observation(values[column], attrs))
+            if column == _ACTIVE:
+                for key, running in active.items():
+                    out.append(observation(running, self._attributes((key, None))))
+            else:
+                for counter_key, values in counters.items():
+                    if values[column] >= 0.0:  # energy is -1 where not measured
+                        out.append(observation(values[column], self._attributes(counter_key)))
         for member, exc in faults:
             member._faults.report("otel.metric", exc)
         self._log_overflow()
         return out
 
+    def _attributes(self, key: CounterKey) -> Mapping[str, AttributeValue]:
+        """The attributes of a series (shared dicts, never mutated)."""
+        service, device = key
+        attrs = _OVERFLOW_ATTRIBUTES if service is None else self._series[service]
+        if device is None:
+            return attrs
+        found = self._device_series.get(key)
+        if found is None:
+            found = self._device_series[key] = {**attrs, DEVICE_ATTRIBUTE: device}
+        return found
+
     def _collect(
         self, faults: list[tuple[Member, Exception]]
-    ) -> dict[SeriesKey, tuple[list[float], int]]:
-        """Per series: [busy s, util s, energy J or -1] and running tasks.
+    ) -> tuple[Totals, dict[SeriesKey, int]]:
+        """Per counter series [busy s, util s, energy J or -1]; per service running tasks.
 
         The counters are summed over the members, plus what retired (garbage
         collected) members left, and never below what was exported before.
@@ -417,23 +459,25 @@ class MetricSet:
             except Exception as exc:  # noqa: BLE001 - a collection must not fail
                 faults.append((member, exc))
                 observed = []
-            for service, (busy, util, energy), running in observed:
+            for service, series, running in observed:
                 key = None if self._assign(service) is _OVERFLOW_ATTRIBUTES else service
-                values = contribution.setdefault(key, [0.0, 0.0, -1.0])
-                _add(values, [busy, util, -1.0 if energy is None else energy])
+                for device, (busy, util, energy) in series:
+                    values = contribution.setdefault((key, device), [0.0, 0.0, -1.0])
+                    _add(values, [busy, util, -1.0 if energy is None else energy])
                 active[key] = active.get(key, 0) + running
             self._members[key_id] = (ref, contribution)
-            for key, values in contribution.items():
-                _add(totals.setdefault(key, [0.0, 0.0, -1.0]), values)
-        for key, values in self._retired.items():
-            _add(totals.setdefault(key, [0.0, 0.0, -1.0]), values)
-        collected: dict[SeriesKey, tuple[list[float], int]] = {}
-        for key, values in totals.items():
-            exported = self._exported.setdefault(key, [0.0, 0.0, -1.0])
+            for series_key, values in contribution.items():
+                _add(totals.setdefault(series_key, [0.0, 0.0, -1.0]), values)
+        for series_key, values in self._retired.items():
+            _add(totals.setdefault(series_key, [0.0, 0.0, -1.0]), values)
+        counters: Totals = {}
+        for series_key, values in totals.items():
+            exported = self._exported.setdefault(series_key, [0.0, 0.0, -1.0])
             for column in range(3):
                 exported[column] = max(exported[column], values[column])
-            collected[key] = (list(exported), active.get(key, 0))
-        return collected
+            counters[series_key] = list(exported)
+            active.setdefault(series_key[0], 0)  # a service with counters has a running count
+        return counters, active
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -459,8 +503,11 @@ def join(
     meter_provider: MeterProvider | None,
     totals: Callable[[], dict[str, ServiceStats]],
     faults: FaultLog,
+    per_device: bool = False,
 ) -> tuple[Member | None, bool]:
     """Join the metric set of ``meter_provider`` (the global one if ``None``).
+
+    ``per_device``: the tracker's counters go per device (see :class:`Member`).
 
     Returns:
         The tracker's member (``None`` where no meter records: a no-op
@@ -490,7 +537,7 @@ def join(
     if isinstance(meter, metrics.NoOpMeter):
         return None, False
     metric_set = MetricSet.for_provider(key, meter)
-    member = Member(metric_set, totals, faults)
+    member = Member(metric_set, totals, faults, per_device)
     if not is_global:
         metric_set.check_buckets_advised()
         return member, False
@@ -510,7 +557,7 @@ def _add(into: list[float], values: list[float]) -> None:
         into[_ENERGY] = max(into[_ENERGY], 0.0) + values[_ENERGY]
 
 
-def _milli_totals(snapshot: ServiceStats) -> tuple[float, float, float]:
+def _milli_totals(snapshot: ServiceStats | DeviceFigures) -> tuple[float, float, float]:
     """A snapshot's busy, util and energy totals, in milli-units."""
     return snapshot.gpu_ms, snapshot.gpu_util_ms, snapshot.energy_mj or 0.0
 

@@ -53,6 +53,10 @@ class Tracker:
         threaded: False runs no thread: only :meth:`poll` and task exits sample.
         tracer_provider: OpenTelemetry tracer provider; the global one if ``None``.
         meter_provider: OpenTelemetry meter provider; the global one if ``None``.
+        metrics_per_device: Report the GPU time and energy counters per device
+            (attribute ``hw.id``: the device id) instead of summed over devices,
+            to join them with DCGM's series; off by default (one series per
+            service and device).
 
     Raises:
         ValueError: A bad argument; the message names it and its value.
@@ -71,6 +75,7 @@ class Tracker:
         threaded: bool = True,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        metrics_per_device: bool = False,
     ) -> None:
         self._closed = True  # until construction succeeds, close() has nothing to do
         self.interval, self.threshold, self.attribution = _validate.tracker_options(
@@ -112,7 +117,7 @@ class Tracker:
             # The ledger's own stats, not ours: they may finish deferred ends,
             # which call into the SDK, and totals are read inside its collection.
             self._member, metrics_pending = _metrics.join(
-                meter_provider, self._ledger.stats, self._faults
+                meter_provider, self._ledger.stats, self._faults, bool(metrics_per_device)
             )
         except Exception as exc:  # noqa: BLE001 - a broken SDK must not break Tracker()
             self._faults.report("otel.meter", exc)
@@ -242,6 +247,11 @@ class Tracker:
         """Call ``listener(task)`` when a task ends (figures final); usable as a decorator."""
         self._end_listeners = (*self._end_listeners, _validate.callable_("listener", listener))
         return listener
+
+    def _adopt_listeners(self, old: Tracker) -> None:
+        """Take over ``old``'s listeners, ahead of any of our own (``configure()``)."""
+        self._start_listeners = _merged(old._start_listeners, self._start_listeners)
+        self._end_listeners = _merged(old._end_listeners, self._end_listeners)
 
     def close(self) -> None:
         """Stop the sampler and release the backend. Idempotent.
@@ -452,3 +462,8 @@ class Tracker:
             self._sampler.after_fork()
         self._faults._after_fork_in_child()  # the child logs its own faults
         self._reader.after_fork()
+
+
+def _merged(first: tuple[Listener, ...], then: tuple[Listener, ...]) -> tuple[Listener, ...]:
+    """``first`` then ``then``, each listener once."""
+    return (*first, *(listener for listener in then if listener not in first))

@@ -8,6 +8,7 @@ from gputime import DeviceFigures, ServiceStats, Tracker
 from gputime._backends._nvml import NvmlBackend
 from gputime.testing import FakeClock, SimulatedGpu
 from tests.nvml_double import FakeGpu, FakeNvml
+from tests.otel_sdk import Sdk
 from tests.test_nvml_backend import START, installed
 
 P = 1 / 6
@@ -185,3 +186,90 @@ def test_a_mig_device_reads_unavailable_beside_a_measured_one():
             stats = tracker.stats("nmt")
             assert stats.devices["GPU-m"].status == "unavailable"
             assert stats.devices["GPU-a"].status == "ok"
+
+
+# -- spans and metrics -------------------------------------------------------------------
+
+
+def test_spans_carry_the_devices_a_task_kept_busy(sdk: Sdk, clock: FakeClock):
+    gpu = SimulatedGpu(3, clock=clock, measure_energy=True)
+    gpu.set_utilization(100, device=0)
+    gpu.set_utilization(50, device=2)  # device 1 stays idle
+    gpu.set_power(200, device=0)
+    with Tracker(backend=gpu, threaded=False, tracer_provider=sdk.tracer_provider) as tracker:
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.0)
+        with tracker.gpu_task("idle", span=True):
+            gpu.set_utilization(0, device=0)
+            gpu.set_utilization(0, device=2)
+            clock.advance(1.0)
+    attrs = sdk.span("gpu_task nmt").attributes
+    assert attrs is not None
+    assert attrs["gputime.gpu.ids"] == ("SIM-0", "SIM-1", "SIM-2")
+    assert attrs["gputime.gpu.devices.ids"] == ("SIM-0", "SIM-2")  # only the busy ones
+    assert attrs["gputime.gpu.devices.busy_ms"] == pytest.approx((1000.0, 1000.0))
+    assert attrs["gputime.gpu.devices.util_ms"] == pytest.approx((1000.0, 500.0))
+    assert attrs["gputime.gpu.devices.energy_mj"] == pytest.approx((200_000.0, 0.0))
+    assert attrs["gputime.gpu.devices.status"] == ("ok", "ok")
+    idle = sdk.span("gpu_task idle").attributes
+    assert idle is not None
+    assert not any(name.startswith("gputime.gpu.devices.") for name in idle)
+
+
+def test_a_one_device_span_has_no_device_arrays(traced: Tracker, sdk: Sdk, busy, clock):
+    with traced.gpu_task("nmt"):
+        clock.advance(1.0)
+    attrs = sdk.span("gpu_task nmt").attributes
+    assert attrs is not None
+    assert attrs["gputime.gpu.busy_ms"] == pytest.approx(1000.0)
+    assert not any(name.startswith("gputime.gpu.devices.") for name in attrs)
+
+
+def test_metrics_per_device_carry_hw_id(sdk: Sdk, two: SimulatedGpu, clock: FakeClock):
+    with Tracker(
+        backend=two,
+        threaded=False,
+        meter_provider=sdk.meter_provider,
+        metrics_per_device=True,
+    ) as tracker:
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.0)
+        clock.advance(P)
+        tracker.poll()
+        busy_points = sdk.points("gputime.gpu.busy_time")
+        util_points = sdk.points("gputime.gpu.util_time")
+        energy_points = sdk.points("gputime.gpu.energy")
+        key0 = (("gputime.service", "nmt"), ("hw.id", "SIM-0"))
+        key1 = (("gputime.service", "nmt"), ("hw.id", "SIM-1"))
+        assert set(busy_points) == {key0, key1}
+        assert busy_points[key0].value == pytest.approx(1.0)
+        assert util_points[key1].value == pytest.approx(0.5)
+        assert energy_points[key0].value == pytest.approx(300.0)
+        # Running tasks are the service's, not a device's.
+        assert set(sdk.points("gputime.task.active")) == {(("gputime.service", "nmt"),)}
+        # A reset carries per device: the counters go on from where they were.
+        tracker.reset("nmt")
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.0)
+        clock.advance(P)
+        tracker.poll()
+        assert sdk.points("gputime.gpu.busy_time")[key1].value == pytest.approx(2.0)
+
+
+def test_metrics_are_summed_over_devices_by_default(sdk: Sdk, two: SimulatedGpu, clock):
+    with Tracker(backend=two, threaded=False, meter_provider=sdk.meter_provider) as tracker:
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.0)
+        clock.advance(P)
+        tracker.poll()
+        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(2.0)
+        assert sdk.value("gputime.gpu.util_time") == pytest.approx(1.5)
+
+
+def test_metrics_per_device_without_devices_fall_back_to_the_totals(sdk: Sdk, clock):
+    with Tracker(
+        backend="none", clock=clock, meter_provider=sdk.meter_provider, metrics_per_device=True
+    ) as tracker:
+        with tracker.gpu_task("nmt"):
+            clock.advance(1.0)
+        assert sdk.value("gputime.gpu.busy_time") == 0.0

@@ -396,6 +396,22 @@ class TestDefaultTracker:
         assert second.stats("nmt").task_count == 1
         assert second.stats("nmt").status == "unavailable"
 
+    def test_listeners_of_the_default_tracker_survive_configure(self, clock: FakeClock):
+        started: list[str] = []
+        ended: list[str] = []
+        # Registered at import time, before the application configures gputime.
+        first = gputime.get_tracker()
+        first.on_task_start(lambda task: started.append(task.service))
+        first.on_task_end(lambda task: ended.append(task.service))
+        gputime.configure(backend=SimulatedGpu(clock=clock), threaded=False)
+        with gpu_task("nmt"):
+            pass
+        assert (started, ended) == (["nmt"], ["nmt"])
+        # A tracker made directly starts with no listeners.
+        with Tracker(backend="none") as own, own.gpu_task("tts"):
+            pass
+        assert ended == ["nmt"]
+
     def test_default_is_created_lazily_with_auto(self, caplog):
         tracker = gputime.get_tracker()
         assert gputime.get_tracker() is tracker
