@@ -159,11 +159,11 @@ def two_gpus() -> Iterator[FakeNvml]:
 
 def list_with_double_clocks(double: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
     """``gputime devices`` reads the double's clocks (to tell which one it stamps with)."""
-    from gputime._backends import _nvml
+    from gputime._backends import nvml
 
-    real = _nvml.list_devices
+    real = nvml.list_devices
     monkeypatch.setattr(
-        _nvml, "list_devices", lambda **kwargs: real(**double.backend_clocks(), **kwargs)
+        nvml, "list_devices", lambda **kwargs: real(**double.backend_clocks(), **kwargs)
     )
 
 

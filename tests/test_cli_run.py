@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from gputime._backends._nvml import NvmlBackend
+from gputime._backends.nvml import NvmlBackend
 from gputime._cli import main
 from gputime._cli import run as run_command
 from gputime._cli._proctree import ProcessTree

@@ -17,14 +17,21 @@ from typing import Any
 
 import pytest
 
-from gputime._backends import _nvml
+from gputime import _faults
 from gputime._backends._base import BackendUnavailable, Reading
-from gputime._backends._nvml import (
+from gputime._backends.nvml import (
     NvmlBackend,
     NvmlDeviceLostError,
     NvmlError,
     NvmlUnavailableError,
+    clocks,
+    driver,
+    errors,
+    inventory,
     list_devices,
+    processes,
+    runtime,
+    utilization,
 )
 from gputime.testing import FakeClock
 from tests.nvml_double import (
@@ -87,16 +94,20 @@ class installed:  # noqa: N801 - used like a function, as a context manager
 
     def __init__(self, double: FakeNvml) -> None:
         self.double = double
+        self._logged = _faults.PROCESS
 
     def __enter__(self) -> FakeNvml:
-        _nvml._RUNTIME.forget()
-        _nvml._logged.clear()
+        runtime.RUNTIME.forget()
+        # NVML's warnings are logged once per process: each test starts afresh.
+        self._logged = _faults.PROCESS
+        _faults.PROCESS = _faults.OnceLog()
         self.double.install()
         return self.double
 
     def __exit__(self, *exc: object) -> None:
         FakeNvml.uninstall()
-        _nvml._RUNTIME.forget()
+        runtime.RUNTIME.forget()
+        _faults.PROCESS = self._logged
         assert not self.double.errors, self.double.errors
 
 
@@ -198,13 +209,13 @@ class TestLifecycle:
         self, nvml: FakeNvml, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ):
         session = open_session(nvml, clock)
-        session._inflight = 1  # a read that never returns
-        wait = _nvml._CLOSE_WAIT
-        _nvml._CLOSE_WAIT = 0.01
+        session._driver._inflight = 1  # a read that never returns
+        wait = driver.CLOSE_WAIT
+        driver.CLOSE_WAIT = 0.01
         try:
             session.close()
         finally:
-            _nvml._CLOSE_WAIT = wait
+            driver.CLOSE_WAIT = wait
         assert nvml.calls["nvmlShutdown"] == 0
         assert "did not return" in caplog.text
 
@@ -255,8 +266,8 @@ class TestLifecycle:
         nvml.set_utilization(100)
         clock.advance(1)
         session.after_fork()
-        _nvml._RUNTIME.forget()  # the at-fork hook
-        session._pid = -1  # this process is now "the child"
+        runtime.RUNTIME.forget()  # the at-fork hook
+        session._driver._pid = -1  # this process is now "the child"
         reading = session.read(0, START)
         assert values(reading) == [100.0] * 6
         assert nvml.calls["nvmlInitWithFlags"] == 2
@@ -266,8 +277,8 @@ class TestLifecycle:
     def test_a_child_failing_to_initialise(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
         nvml.set_utilization(100)
-        _nvml._RUNTIME.forget()
-        session._pid = -1
+        runtime.RUNTIME.forget()
+        session._driver._pid = -1
         nvml.fail("nvmlInitWithFlags", UNKNOWN, times=1)
         with pytest.raises(NvmlError, match=r"nvmlInit failed: NVML_ERROR_UNKNOWN"):
             session.read(0, START)
@@ -277,16 +288,16 @@ class TestLifecycle:
     def test_reinit_done_by_another_thread_is_not_repeated(self, nvml: FakeNvml):
         import pynvml
 
-        runtime = _nvml._Runtime()
-        runtime.ensure(pynvml)
-        seen = runtime.generation
-        runtime.reinit(pynvml, seen)
-        runtime.reinit(pynvml, seen)  # the second caller saw the same generation
+        fresh = runtime.Runtime()
+        fresh.ensure(pynvml)
+        seen = fresh.generation
+        fresh.reinit(pynvml, seen)
+        fresh.reinit(pynvml, seen)  # the second caller saw the same generation
         assert nvml.calls["nvmlInitWithFlags"] == 2
 
     def test_a_child_that_never_reads_does_not_shut_down(self, nvml: FakeNvml, clock: FakeClock):
         session = open_session(nvml, clock)
-        session._pid = -1  # as seen from a forked child
+        session._driver._pid = -1  # as seen from a forked child
         session.close()
         assert nvml.calls["nvmlShutdown"] == 0
 
@@ -565,8 +576,8 @@ class TestSampling:
         assert "dropped 3 malformed" in caplog.text
 
     def test_rows_of_other_value_types(self, nvml: FakeNvml, clock: FakeClock):
-        assert _nvml._sample_value(0, type("V", (), {"dVal": 12.5})()) == 12.5
-        assert _nvml._sample_value(42, object()) is None
+        assert utilization.sample_value(0, type("V", (), {"dVal": 12.5})()) == 12.5
+        assert utilization.sample_value(42, object()) is None
 
     def test_period_is_estimated_per_device_and_the_longest_reported(self, clock: FakeClock):
         gpus = [FakeGpu(0, "GPU-a", period=1 / 6), FakeGpu(1, "GPU-b", period=1.0)]
@@ -863,7 +874,7 @@ class TestSampling:
     def test_mapping_takes_the_tightest_of_several_readings(self, nvml: FakeNvml):
         ticks = iter([0.0, 5.0, 1.0, 1.0001, 2.0, 2.5, 3.0, 3.2, 4.0, 4.3])
         walls = iter([10_000_000_000, 11_000_000_000, 12_000_000_000, 13_000_000_000, 14_0])
-        mapping = _nvml._ClockMap(lambda: next(ticks), lambda: next(walls))
+        mapping = clocks.ClockMap(lambda: next(ticks), lambda: next(walls))
         assert mapping.uncertainty == pytest.approx(0.00005)
         assert mapping.to_tracker(11_000_000) == pytest.approx(1.00005)
         assert mapping.to_raw_us(1.00005) == 11_000_000
@@ -1172,18 +1183,18 @@ class TestProcessAttribution:
     ):
         link = tmp_path / "pid"
         link.symlink_to("pid:[4026532999]")
-        monkeypatch.setattr(_nvml, "_PID_NAMESPACE", str(link))
+        monkeypatch.setattr(processes, "PID_NAMESPACE", str(link))
         open_session(nvml, clock, attribution="process")
         assert "PID namespace" in caplog.text
 
     def test_pid_namespace_detection(self, tmp_path: Any):
         link = tmp_path / "pid"
         link.symlink_to("pid:[4026531836]")
-        assert _nvml.in_initial_pid_namespace(str(link)) is True
+        assert processes.in_initial_pid_namespace(str(link)) is True
         link.unlink()
         link.symlink_to("pid:[4026532999]")
-        assert _nvml.in_initial_pid_namespace(str(link)) is False
-        assert _nvml.in_initial_pid_namespace(str(tmp_path / "missing")) is None
+        assert processes.in_initial_pid_namespace(str(link)) is False
+        assert processes.in_initial_pid_namespace(str(tmp_path / "missing")) is None
 
 
 # --------------------------------------------------------------------------- errors
@@ -1217,7 +1228,7 @@ class TestErrors:
         nvml.set_process_utilization(os.getpid(), 100)
         nvml.fail(call, UNKNOWN, times=1)
         clock.advance(0.5)
-        if call == _nvml._ENERGY_CALL:
+        if call == inventory.ENERGY_CALL:
             # Energy failures only defer the power sample: the counter is cumulative.
             assert session.read(0, START).power == []
         else:
@@ -1283,7 +1294,7 @@ class TestErrors:
         with pytest.raises(NvmlDeviceLostError):
             session.read(0, START)
 
-    @pytest.mark.parametrize("call", ["nvmlDeviceGetSamples", _nvml._ENERGY_CALL])
+    @pytest.mark.parametrize("call", ["nvmlDeviceGetSamples", inventory.ENERGY_CALL])
     def test_errors_while_probing_at_open_are_logged(
         self, nvml: FakeNvml, clock: FakeClock, caplog: pytest.LogCaptureFixture, call: str
     ):
@@ -1304,17 +1315,17 @@ class TestErrors:
         nvml.remove_function("nvmlDeviceGetTotalEnergyConsumption")
         clock.advance(P)
         with pytest.raises(NvmlError, match="FUNCTION_NOT_FOUND"):
-            session._call(session._devs[0], "nvmlDeviceGetTotalEnergyConsumption")
+            session._driver.call(session._devs[0], "nvmlDeviceGetTotalEnergyConsumption")
         with pytest.raises(NvmlError, match="TypeError"):
-            session._call(session._devs[0], "nvmlDeviceGetSamples")  # missing arguments
+            session._driver.call(session._devs[0], "nvmlDeviceGetSamples")  # missing arguments
 
     def test_a_missing_device_index(self, nvml: FakeNvml, clock: FakeClock):
         with pytest.raises(IndexError):
             open_session(nvml, clock).read(5, START)
 
     def test_error_names(self):
-        assert _nvml._code_name(15) == "NVML_ERROR_GPU_IS_LOST (15)"
-        assert _nvml._code_name(12345) == "unknown NVML error (12345)"
+        assert errors.code_name(15) == "NVML_ERROR_GPU_IS_LOST (15)"
+        assert errors.code_name(12345) == "unknown NVML error (12345)"
 
 
 def _attribution_for(call: str) -> str:
@@ -1358,7 +1369,7 @@ class TestConstruction:
         def no_library(name: str) -> None:
             raise OSError(f"{name}: cannot open shared object file")
 
-        _nvml._RUNTIME.forget()
+        runtime.RUNTIME.forget()
         monkeypatch.setattr(pynvml, "nvmlLib", None)
         monkeypatch.setattr(pynvml, "CDLL", no_library)
         with pytest.raises(BackendUnavailable, match=r"libnvidia-ml\.so\.1 was not found"):

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from gputime import Tracker, _faults
-from gputime._backends import NoGpu, _nvml, resolve_backend
+from gputime._backends import NoGpu, resolve_backend
 from gputime._backends._base import BackendUnavailable
-from gputime._backends._nvml import NvmlBackend
+from gputime._backends.nvml import NvmlBackend
+from gputime._backends.nvml.runtime import Runtime
 from gputime.testing import FakeClock
 from tests.nvml_double import DRIVER_MODELS, GPU_IS_LOST, UNKNOWN, FakeGpu, FakeNvml
 from tests.test_nvml_backend import START, P, installed
@@ -277,7 +278,7 @@ def test_importing_gputime_loads_no_bindings_and_warns_nothing():
         "warnings.simplefilter('error')\n"
         "import gputime\n"
         "assert 'pynvml' not in sys.modules, 'gputime imported pynvml'\n"
-        "import gputime._backends._nvml\n"
+        "import gputime._backends.nvml\n"
         "assert 'pynvml' not in sys.modules\n"
         "import pynvml\n"  # nvidia-ml-py's module: no deprecation warning either
     )
@@ -288,8 +289,8 @@ def test_importing_gputime_loads_no_bindings_and_warns_nothing():
 
 
 def test_runtime_forget_is_the_fork_hook():
-    # Registered with os.register_at_fork; exercised for real by the fork test.
-    runtime = _nvml._Runtime()
+    # Registered with gputime._fork.in_child; exercised for real by the fork test.
+    runtime = Runtime()
     generation = runtime.generation
     runtime.forget()
     assert runtime.generation == generation + 1
