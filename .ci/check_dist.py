@@ -34,6 +34,8 @@ SDIST_FILES = (
     "tests/__init__.py",
     "tests/conftest.py",
     "tests/nvml_double.py",
+    "tests/nvml/__init__.py",
+    "tests/nvml/conftest.py",
     "tests/typing_check.py",
     "tests/e2e/__init__.py",
     "tests/e2e/conftest.py",

@@ -25,8 +25,8 @@ from gputime._cli._progress import Progress
 from gputime._demo import print_table, run_demo
 from gputime._ledger import ServiceStats
 from gputime.testing import FakeClock
+from tests.nvml.support import installed
 from tests.nvml_double import FakeGpu, FakeNvml
-from tests.test_nvml_backend import installed
 
 #: Upper bound for one command run in a subprocess.
 TIMEOUT = 60
