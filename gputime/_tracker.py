@@ -85,6 +85,10 @@ class Tracker:
         if clock is not None and not callable(clock):
             raise ValueError(f"clock={clock!r}: must be a callable returning seconds")
         self.threaded: bool = bool(threaded)
+        # Declared apart: a tuple assignment carries no annotation, and the
+        # public attributes' types must not be left to inference.
+        self.backend: Backend
+        self.clock: Clock
         self.backend, session, self.clock = open_backend(
             backend, clock=clock, devices=devices, attribution=attribution
         )
