@@ -2,9 +2,10 @@
 
 Usage: python .ci/check_dist.py DIST_DIR   (exits non-zero naming what is wrong)
 
-The wheel: the package with ``py.typed``, the MIT licence in its metadata (PEP 639
-``License-Expression`` and the LICENSE file), exactly the three runtime
-dependencies, no tests. The sdist: everything its own test suite needs (conftest
+The wheel: the package with every subpackage of the source tree (setuptools
+builds only those pyproject.toml lists) and ``py.typed``, the MIT licence in its
+metadata (PEP 639 ``License-Expression`` and the LICENSE file), exactly the three
+runtime dependencies, no tests. The sdist: everything its own test suite needs (conftest
 files, the NVML double, the end-to-end tests, the typing check, the floor
 constraints) and the docs the README links to.
 """
@@ -18,6 +19,11 @@ from email.parser import Parser
 from pathlib import Path
 
 RUNTIME = {"nvidia-ml-py", "wrapt", "opentelemetry-api"}
+ROOT = Path(__file__).resolve().parents[1]
+#: The source tree's packages.
+PACKAGES = sorted(
+    init.relative_to(ROOT).as_posix() for init in (ROOT / "gputime").rglob("__init__.py")
+)
 
 SDIST_FILES = (
     "LICENSE",
@@ -28,6 +34,8 @@ SDIST_FILES = (
     "tests/__init__.py",
     "tests/conftest.py",
     "tests/nvml_double.py",
+    "tests/nvml/__init__.py",
+    "tests/nvml/conftest.py",
     "tests/typing_check.py",
     "tests/e2e/__init__.py",
     "tests/e2e/conftest.py",
@@ -48,6 +56,7 @@ def check_wheel(path: Path) -> list[str]:
         (metadata_name,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         dist_info = metadata_name.rsplit("/", 1)[0]
         metadata = Parser().parsestr(wheel.read(metadata_name).decode())
+    problems.extend(f"wheel: no {init}" for init in PACKAGES if init not in names)
     if "gputime/py.typed" not in names:
         problems.append("wheel: no gputime/py.typed")
     if f"{dist_info}/licenses/LICENSE" not in names:

@@ -298,7 +298,7 @@ def run_gputime(workload: Workload, config: Config) -> Run:
     double: Any = None
     if config.backend == "nvml":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from gputime._backends._nvml import NvmlBackend
+        from gputime._backends.nvml import NvmlBackend
         from tests.nvml_double import FakeGpu, FakeNvml
 
         gpu = FakeGpu(

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     from gputime._backends._base import BackendUnavailable
-    from gputime._backends._nvml import list_devices
+    from gputime._backends.nvml import list_devices
 
     try:
         devices = list_devices()
@@ -181,7 +181,7 @@ def _median_us(call: Callable[[], Any], times: int = 200) -> float | str:
 
 def call_cost(pynvml: Any, handle: Any) -> dict[str, Any]:
     """Median µs of each call gputime makes, and of gputime's whole read of this device."""
-    from gputime._backends._nvml import NvmlBackend
+    from gputime._backends.nvml import NvmlBackend
 
     now_us = time.time_ns() // 1000
     costs: dict[str, Any] = {
@@ -256,9 +256,10 @@ def _other_processes(pynvml: Any, handle: Any) -> list[int] | str:
 
 def cadence(pynvml: Any, handle: Any, kernels: Kernels, seconds: float) -> dict[str, Any]:
     """Period, jitter, timestamp clock and visibility latency, during kernels."""
-    from gputime._backends._nvml import _boottime_ns, _Cadence, _detect_base
+    from gputime._backends.nvml.cadence import Cadence
+    from gputime._backends.nvml.clocks import boottime_ns, detect_base
 
-    bases = {"wall": time.time_ns, "boottime": _boottime_ns, "monotonic": time.monotonic_ns}
+    bases = {"wall": time.time_ns, "boottime": boottime_ns, "monotonic": time.monotonic_ns}
     newest = max((ts for ts, _ in _samples(pynvml, handle, 0)), default=0)
     seen: dict[int, tuple[float, dict[str, int]]] = {}
 
@@ -272,9 +273,9 @@ def cadence(pynvml: Any, handle: Any, kernels: Kernels, seconds: float) -> dict[
 
     kernels.run_while(seconds, watch, every=0.002)
     stamps = sorted(seen)
-    learned = _Cadence()
+    learned = Cadence()
     learned.observe(stamps)
-    base = _detect_base(stamps[-1], bases) if stamps else None
+    base = detect_base(stamps[-1], bases) if stamps else None
     latencies_ms = [
         (clocks[base] - ts) / 1000 for ts, (_, clocks) in seen.items() if base is not None
     ]
@@ -358,7 +359,7 @@ def _process_rows(pynvml: Any, handle: Any, last_seen: int) -> list[tuple[int, i
 
 def energy_counter(pynvml: Any, handle: Any, uuid: str) -> dict[str, Any]:
     """How often the counter steps (a read every 1 ms for 1.5 s), and gputime's calibration."""
-    from gputime._backends._nvml import NvmlBackend
+    from gputime._backends.nvml import NvmlBackend
 
     steps = []
     before = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)

@@ -61,7 +61,7 @@ class _Nvml:
 
     def __init__(self) -> None:
         sys.path.insert(0, str(ROOT))
-        from gputime._backends._nvml import NvmlBackend
+        from gputime._backends.nvml import NvmlBackend
         from tests.nvml_double import FakeNvml
 
         start = time.monotonic()

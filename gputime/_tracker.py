@@ -82,6 +82,10 @@ class Tracker:
             interval, threshold, attribution, devices, clock
         )
         self.threaded: bool = bool(threaded)
+        # Declared apart: a tuple assignment carries no annotation, and the
+        # public attributes' types must not be left to inference.
+        self.backend: Backend
+        self.clock: Clock
         self.backend, session, self.clock = open_backend(
             backend, clock=clock, devices=devices, attribution=self.attribution
         )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.nvml.support import installed
 from tests.nvml_double import FakeNvml
-from tests.test_nvml_backend import installed
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -25,8 +25,8 @@ from gputime._cli._progress import Progress
 from gputime._demo import print_table, run_demo
 from gputime._ledger import ServiceStats
 from gputime.testing import FakeClock
+from tests.nvml.support import installed
 from tests.nvml_double import FakeGpu, FakeNvml
-from tests.test_nvml_backend import installed
 
 #: Upper bound for one command run in a subprocess.
 TIMEOUT = 60
@@ -159,11 +159,11 @@ def two_gpus() -> Iterator[FakeNvml]:
 
 def list_with_double_clocks(double: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
     """``gputime devices`` reads the double's clocks (to tell which one it stamps with)."""
-    from gputime._backends import _nvml
+    from gputime._backends import nvml
 
-    real = _nvml.list_devices
+    real = nvml.list_devices
     monkeypatch.setattr(
-        _nvml, "list_devices", lambda **kwargs: real(**double.backend_clocks(), **kwargs)
+        nvml, "list_devices", lambda **kwargs: real(**double.backend_clocks(), **kwargs)
     )
 
 

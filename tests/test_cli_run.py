@@ -26,13 +26,13 @@ from typing import Any
 
 import pytest
 
-from gputime._backends._nvml import NvmlBackend
+from gputime._backends.nvml import NvmlBackend
 from gputime._cli import main
 from gputime._cli import run as run_command
 from gputime._cli._proctree import ProcessTree
+from tests.nvml.support import installed
 from tests.nvml_double import FakeGpu, FakeNvml
 from tests.test_cli import TIMEOUT, gputime, nvml_present
-from tests.test_nvml_backend import installed
 
 SPEC_FIELDS = {
     "service",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from gputime import DeviceFigures, ServiceStats, Tracker
-from gputime._backends._nvml import NvmlBackend
+from gputime._backends.nvml import NvmlBackend
 from gputime.testing import FakeClock, SimulatedGpu
+from tests.nvml.support import START, installed
 from tests.nvml_double import FakeGpu, FakeNvml
 from tests.otel_sdk import Sdk
-from tests.test_nvml_backend import START, installed
 
 P = 1 / 6
 

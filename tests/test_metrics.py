@@ -320,7 +320,7 @@ class TestSharedProvider:
             member = tracker._member
             assert member is not None
             key = id(member)
-            metric_set._members[key] = (dead, {"nmt": [1.0, 0.5, -1.0]})  # type: ignore[dict-item]
+            metric_set._members[key] = (dead, {("nmt", None): [1.0, 0.5, -1.0]})  # type: ignore[dict-item]
             metric_set.join(member)
             with tracker.gpu_task("nmt"):
                 pass

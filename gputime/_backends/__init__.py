@@ -102,7 +102,7 @@ def open_backend(
 
 def _nvml_backend() -> Backend:
     # Imported here so that importing gputime never loads the NVML bindings.
-    from gputime._backends._nvml import NvmlBackend  # noqa: PLC0415 - see above
+    from gputime._backends.nvml import NvmlBackend  # noqa: PLC0415 - see above
 
     return NvmlBackend()
 

@@ -44,7 +44,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """List the devices; exit status 1 where no GPU can be measured."""
-    from gputime._backends._nvml import list_devices  # noqa: PLC0415 - loads NVML only here
+    from gputime._backends.nvml import list_devices  # noqa: PLC0415 - loads NVML only here
 
     try:
         devices = list_devices()

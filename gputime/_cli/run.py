@@ -174,7 +174,7 @@ def nvml_backend(child_pids: Callable[[], Iterable[int]]) -> Backend:
     Raises:
         BackendUnavailable: No NVML library, driver or GPU.
     """
-    from gputime._backends._nvml import NvmlBackend  # noqa: PLC0415 - loads NVML only here
+    from gputime._backends.nvml import NvmlBackend  # noqa: PLC0415 - loads NVML only here
 
     return NvmlBackend(child_pids=child_pids)
 

@@ -6,37 +6,16 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from gputime import Tracker, _faults
-from gputime._backends import NoGpu, _nvml, resolve_backend
+from gputime import Tracker
+from gputime._backends import NoGpu, resolve_backend
 from gputime._backends._base import BackendUnavailable
-from gputime._backends._nvml import NvmlBackend
+from gputime._backends.nvml import NvmlBackend
 from gputime.testing import FakeClock
-from tests.nvml_double import DRIVER_MODELS, GPU_IS_LOST, UNKNOWN, FakeGpu, FakeNvml
-from tests.test_nvml_backend import START, P, installed
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture(params=DRIVER_MODELS)
-def model(request: pytest.FixtureRequest) -> str:
-    """Each driver model of idle time: real drivers record no sample while idle."""
-    return str(request.param)
-
-
-@pytest.fixture
-def nvml(clock: FakeClock, model: str) -> Iterator[FakeNvml]:
-    """Two GPUs that were busy from 5 s to 9 s, before the test begins at 10 s."""
-    double = FakeNvml(clock, 2, model=model)
-    double.worked_earlier()
-    with installed(double):
-        yield double
+from tests.nvml.support import START, P, installed
+from tests.nvml_double import GPU_IS_LOST, UNKNOWN, FakeGpu, FakeNvml
 
 
 def tracker_on(nvml: FakeNvml, clock: FakeClock, **kwargs: object) -> Tracker:
@@ -250,10 +229,8 @@ def test_a_mig_gpu_beside_a_normal_one_is_never_read_and_makes_figures_partial(
 
 
 def test_auto_falls_back_to_none_with_one_warning(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
 ):
-
-    monkeypatch.setattr(_faults, "PROCESS", _faults.OnceLog())
     double = FakeNvml(clock, 1)
     double.driver_loaded = False
     with installed(double):
@@ -277,7 +254,7 @@ def test_importing_gputime_loads_no_bindings_and_warns_nothing():
         "warnings.simplefilter('error')\n"
         "import gputime\n"
         "assert 'pynvml' not in sys.modules, 'gputime imported pynvml'\n"
-        "import gputime._backends._nvml\n"
+        "import gputime._backends.nvml\n"
         "assert 'pynvml' not in sys.modules\n"
         "import pynvml\n"  # nvidia-ml-py's module: no deprecation warning either
     )
@@ -285,14 +262,6 @@ def test_importing_gputime_loads_no_bindings_and_warns_nothing():
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-
-
-def test_runtime_forget_is_the_fork_hook():
-    # Registered with os.register_at_fork; exercised for real by the fork test.
-    runtime = _nvml._Runtime()
-    generation = runtime.generation
-    runtime.forget()
-    assert runtime.generation == generation + 1
 
 
 def test_task_exits_skip_reads_that_cannot_bring_a_new_sample(nvml: FakeNvml, clock: FakeClock):
