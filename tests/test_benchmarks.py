@@ -48,8 +48,9 @@ def test_gpu_check_answers_what_it_can_without_kernels(tmp_path: Path):
     assert report["devices"][0]["uuid"] == double.gpus[0].uuid
     assert report["count_query_idle"]["last_seen=0"]["count"] == double.gpus[0].capacity
     assert report["idle_buffer"]["new_samples"] == 0  # a real driver's idle GPU
+    # On a real clock: a loaded machine delays the reads by some milliseconds.
     assert report["energy_counter"]["gputime_calibration"]["period_s"] == pytest.approx(
-        0.1, abs=0.01
+        0.1, abs=0.03
     )
     assert report["kernels"] in (None, "torch", "cupy")
 
