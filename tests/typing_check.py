@@ -11,12 +11,12 @@ error. ``.ci/run`` runs both.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import assert_type
 
 import gputime
-from gputime import ServiceStats, TaskHandle, Tracker, gpu_task
+from gputime import DeviceFigures, ServiceStats, TaskHandle, Tracker, gpu_task
 
 
 @gpu_task("nmt")
@@ -87,6 +87,11 @@ def check() -> None:
     assert_type(started.end(), None)
     with tracker.start_task("tts") as block:
         assert_type(block, TaskHandle)
+    assert_type(block.devices, dict[str, DeviceFigures])
+    assert_type(
+        tracker.stats("nmt").devices["GPU-0"].status, Literal["ok", "partial", "unavailable"]
+    )
+    gputime.configure(backend="none", metrics_per_device=True)
 
 
 async def acheck() -> None:

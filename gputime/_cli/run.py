@@ -390,33 +390,17 @@ def terminal_reached(child_pid: int, tty: str = "/dev/tty") -> bool:
 def device_figures(task: TaskHandle, tracker: Tracker) -> dict[str, dict[str, Any]]:
     """Per tracked device: its name, index and figures for the task."""
     names = {device.id: device for device in tracker.devices}
-    per_device = getattr(task, "devices", None)
     result: dict[str, dict[str, Any]] = {}
-    if isinstance(per_device, Mapping):
-        for device_id, figures in per_device.items():
-            info = names.get(device_id)
-            result[device_id] = {
-                "name": info.name if info else None,
-                "index": info.index if info else None,
-                "gpu_ms": figures.gpu_ms,
-                "gpu_util_ms": figures.gpu_util_ms,
-                "energy_mj": figures.energy_mj,
-                "status": figures.status,
-            }
-        return result
-    # TODO(per-device figures): read them from TaskHandle.devices (a DeviceFigures per
-    # device id, being added to the core; the branch above already does). Until it
-    # lands, a single device's figures are the task's; with several, each one's share
-    # is unknown and left None.
-    totals = task.figures if len(tracker.devices) == 1 else None
-    for info in tracker.devices:
-        result[info.id] = {
+    for device_id, figures in task.devices.items():
+        info = names[device_id]  # the task's devices are the tracker's
+        result[device_id] = {
             "name": info.name,
             "index": info.index,
-            "gpu_ms": totals.gpu_ms if totals else None,
-            "gpu_util_ms": totals.gpu_util_ms if totals else None,
-            "energy_mj": totals.energy_mj if totals else None,
-            "status": totals.status if totals else None,
+            "gpu_ms": figures.gpu_ms,
+            "gpu_util_ms": figures.gpu_util_ms,
+            "energy_mj": figures.energy_mj,
+            "status": figures.status,
+            "coverage": figures.coverage,
         }
     return result
 
@@ -439,9 +423,6 @@ def summary(result: RunResult) -> str:
     )
     for device_id, figures in result.devices.items():
         where = f"[{figures['index']}] {figures['name']} {device_id}"
-        if figures["gpu_ms"] is None:
-            add(f"  {where}: per-device figures not available yet")
-            continue
         add(
             f"  {where}: {figures['gpu_ms']:.1f} GPU ms, {figures['gpu_util_ms']:.1f} util ms, "
             f"{_energy(figures['energy_mj'])}, {figures['status']}"
