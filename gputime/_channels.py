@@ -228,7 +228,10 @@ class Channels:
         for channel in self.util:
             last_end = channel.last_end
             if last_end is None:
-                due = channel.quiet_until
+                # No sample yet places the driver's grid: the first one may
+                # come at any moment. Without an idle claim to stand in for
+                # the tail, an exit must read, or its tail would be unknown.
+                due = channel.quiet_until if channel.idle_until > -math.inf else -math.inf
             elif channel.since < last_end:
                 due = -math.inf  # a read must still fetch the newest visible sample
             else:

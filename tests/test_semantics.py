@@ -159,6 +159,20 @@ class TestWindows:
         assert task.status == "ok"
         assert task.coverage == 1.0
 
+    def test_an_exit_just_after_the_first_sample_ever_reads_it(
+        self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
+    ):
+        # Before any sample was seen, nothing places the driver's grid: a read
+        # that found nothing says nothing of when the first sample comes.
+        gpu.set_utilization(100)
+        clock.advance(0.05)
+        run_task(tracker, clock, "nmt", 0.05)  # its exit finds no sample yet
+        clock.advance(0.05)
+        with tracker.gpu_task("nmt") as task:  # sample 1 (at P) is out before it ends
+            clock.advance(0.05)
+        assert task.gpu_ms == pytest.approx(50.0)
+        assert task.status == "ok"
+
     def test_service_total_uses_real_samples_and_grows_when_the_end_is_covered(
         self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock
     ):
