@@ -7,15 +7,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from gputime import _fork
-from gputime._backends import Backend
 from gputime._figures import ServiceStats
-from gputime._handle import TaskHandle
-from gputime._tracker import Tracker
 from gputime._types import Attribution, Clock, DeviceSelector
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
+
+    from gputime._backends import Backend
+    from gputime._handle import TaskHandle
+    from gputime._tracker import Tracker
 
 _lock = threading.Lock()
 _default: Tracker | None = None
@@ -47,6 +48,8 @@ def configure(
         The new default tracker.
     """
     global _default
+    from gputime._tracker import Tracker  # noqa: PLC0415 - see gputime/__init__.py
+
     tracker = Tracker(
         backend,
         interval=interval,
@@ -79,6 +82,8 @@ def _create_default() -> Tracker:
     # Built outside the lock (NVML can take a while to start, and a fork
     # meanwhile must not leave the child a held lock), then published once.
     global _default
+    from gputime._tracker import Tracker  # noqa: PLC0415 - see gputime/__init__.py
+
     tracker = Tracker()
     with _lock:
         if _default is None:

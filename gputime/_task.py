@@ -12,15 +12,17 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import sys
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from gputime import _default, _gcsafe, _validate, _wrappers
 from gputime._handle import TaskHandle
-from gputime._tracker import Tracker
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from gputime._tracker import Tracker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,7 +72,7 @@ class gpu_task:  # noqa: N801 - lower case: used like a function (the public nam
         self.service: str = _validate.service(service)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, not {type(name).__name__}")
-        if tracker is not None and not isinstance(tracker, Tracker):
+        if tracker is not None and not _is_tracker(tracker):
             raise TypeError(f"tracker must be a gputime.Tracker, not {type(tracker).__name__}")
         self.name: str | None = name
         self.span: bool = bool(span)
@@ -201,6 +203,13 @@ class gpu_task:  # noqa: N801 - lower case: used like a function (the public nam
 
     def __repr__(self) -> str:
         return f"gpu_task({self.service!r})"
+
+
+def _is_tracker(value: object) -> bool:
+    # Without importing the tracker's module (it loads OpenTelemetry): where it
+    # is not loaded yet, no tracker can exist.
+    module = sys.modules.get("gputime._tracker")
+    return module is not None and isinstance(value, module.Tracker)
 
 
 def _check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -78,12 +78,15 @@ class Tracker:
         metrics_per_device: bool = False,
     ) -> None:
         self._closed = True  # until construction succeeds, close() has nothing to do
+        # Declared apart: a tuple assignment carries no annotation, and the
+        # public attributes' types must not be left to inference.
+        self.interval: float
+        self.threshold: float
+        self.attribution: Attribution
         self.interval, self.threshold, self.attribution = _validate.tracker_options(
             interval, threshold, attribution, devices, clock
         )
         self.threaded: bool = bool(threaded)
-        # Declared apart: a tuple assignment carries no annotation, and the
-        # public attributes' types must not be left to inference.
         self.backend: Backend
         self.clock: Clock
         self.backend, session, self.clock = open_backend(

@@ -1,4 +1,4 @@
-"""The vocabulary every module shares: statuses, attributions, clocks, device selectors."""
+"""The vocabulary every module shares: statuses, attributions, clocks, device selectors, errors."""
 
 from __future__ import annotations
 
@@ -17,3 +17,12 @@ Clock = Callable[[], float]
 
 #: A device by index or by id (NVML UUID, ``MIG-...``, ``SIM-n``).
 DeviceSelector = int | str
+
+
+class BackendUnavailable(RuntimeError):  # noqa: N818 - names the condition users catch
+    """The requested backend cannot run here (no library, no driver, no device).
+
+    The message says what is missing. ``backend="auto"`` catches it and falls
+    back to the ``"none"`` backend with one warning; an explicit backend name
+    lets it propagate from the :class:`~gputime.Tracker` constructor.
+    """

@@ -445,3 +445,35 @@ def test_import_loads_neither_wrapt_nor_asyncio_nor_the_metrics_api():
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_import_loads_no_opentelemetry_and_no_backend_until_the_first_tracker():
+    # The tracker's machinery (OpenTelemetry, the backends, the ledger) costs
+    # more to import than the rest of gputime: it comes with the first tracker.
+    code = (
+        "import sys\n"
+        "import gputime\n"
+        "from gputime import gpu_task, BackendUnavailable, ServiceStats\n"
+        "heavy = ('opentelemetry', 'gputime._tracker', 'gputime._backends')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(heavy))\n"
+        "assert not loaded, loaded\n"
+        "@gpu_task('svc')\n"
+        "def job():\n"
+        "    return 7\n"
+        "assert 'opentelemetry.trace' not in sys.modules  # decorating makes no tracker\n"
+        "from gputime import Tracker\n"
+        "assert gputime.Tracker is Tracker and 'Tracker' in dir(gputime)\n"
+        "assert 'opentelemetry.trace' in sys.modules\n"
+        "gputime.configure(backend='none')\n"
+        "assert job() == 7 and gputime.stats('svc').task_count == 1\n"
+        "try:\n"
+        "    gputime.Trackre\n"
+        "except AttributeError as exc:\n"
+        "    assert 'Trackre' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('no error for a misspelt name')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -384,14 +384,14 @@ def test_fork_while_another_thread_creates_the_default_tracker():
         """
         import os, signal, threading, time
         import gputime
-        from gputime import _default
+        from gputime import _tracker
         from gputime.testing import SimulatedGpu
 
-        real = _default.Tracker
+        real = _tracker.Tracker
         def slow_tracker(*args, **kwargs):  # a slow nvmlInit, in another thread
             time.sleep(1.0)
             return real(backend=SimulatedGpu(), threaded=False)
-        _default.Tracker = slow_tracker
+        _tracker.Tracker = slow_tracker
         threading.Thread(target=gputime.get_tracker).start()
         time.sleep(0.2)
         pid = os.fork()

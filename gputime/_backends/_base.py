@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from gputime._types import Attribution, Clock, DeviceSelector
+from gputime._types import Attribution, BackendUnavailable, Clock, DeviceSelector
 
 __all__ = [
     "Attribution",
@@ -130,12 +130,3 @@ class Backend(Protocol):
             ValueError: A device does not exist, or the attribution is one this
                 backend cannot measure (``"process"`` on most backends).
         """
-
-
-class BackendUnavailable(RuntimeError):  # noqa: N818 - names the condition users catch
-    """The requested backend cannot run here (no library, no driver, no device).
-
-    The message says what is missing. ``backend="auto"`` catches it and falls
-    back to the ``"none"`` backend with one warning; an explicit backend name
-    lets it propagate from the :class:`~gputime.Tracker` constructor.
-    """
