@@ -175,6 +175,11 @@ class gpu_task:  # noqa: N801 - lower case: used like a function (the public nam
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # First, and by type alone: an isinstance() check would evaluate a
+        # Celery proxy, creating its task before the app is configured.
+        celery_object = _celery_object(func)
+        if celery_object is not None:
+            raise TypeError(self._celery_order_message(celery_object))
         if isinstance(func, (classmethod, staticmethod)):
             # Decorated above @classmethod / @staticmethod: wrap the function and
             # put it back in the same kind of descriptor, so binding is unchanged.
@@ -201,6 +206,18 @@ class gpu_task:  # noqa: N801 - lower case: used like a function (the public nam
 
         return wrapt.FunctionWrapper(func, functools.partial(_wrappers.proxy_call, self))
 
+    def _celery_order_message(self, what: str) -> str:
+        return (
+            f"{self!r} was placed above @app.task, on {what}: Celery's worker runs the "
+            "task's function, not the object the decorator returns, so the task would go "
+            "unmeasured. Put @gpu_task below @app.task (or @shared_task):\n\n"
+            "    @app.task\n"
+            f"    @gpu_task({self.service!r})\n"
+            "    def my_task(...): ...\n\n"
+            "or measure every task through Celery's signals with "
+            "gputime.integrations.celery.instrument(app)."
+        )
+
     def __repr__(self) -> str:
         return f"gpu_task({self.service!r})"
 
@@ -210,6 +227,28 @@ def _is_tracker(value: object) -> bool:
     # is not loaded yet, no tracker can exist.
     module = sys.modules.get("gputime._tracker")
     return module is not None and isinstance(value, module.Tracker)
+
+
+def _celery_object(func: object) -> str | None:
+    """What ``func`` is, if it is a Celery task or the proxy that stands for one.
+
+    Judged by the type's own name and module, without importing Celery (an
+    optional dependency) and without touching the object: ``app.task`` returns
+    a lazy proxy until the app is finalised, and any attribute read or
+    ``isinstance`` check on it would create the task early, binding it to a
+    configuration that may not be loaded yet. A proxy is refused without
+    asking what it stands for: ``@shared_task`` returns one that resolves to a
+    different task object for each app, so no single object could be
+    instrumented anyway.
+    """
+    for cls in type(func).__mro__:
+        module = cls.__module__
+        if module == "celery.app.task" and cls.__name__ == "Task":
+            name = getattr(func, "name", None)
+            return f"the Celery task {name!r}" if isinstance(name, str) else "a Celery task"
+        if module == "celery.local" and cls.__name__ in {"Proxy", "PromiseProxy"}:
+            return "a Celery task proxy (what @app.task and @shared_task return)"
+    return None
 
 
 def _check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
