@@ -101,7 +101,6 @@ class CeleryInstrumentation:
         service: The service of a task that names none (``None``: the task's name).
         tasks: ``"all"`` or ``"opt-in"``.
         tracker: The tracker that measures; ``None`` for the default one.
-        span: Whether each run makes a span of its own.
     """
 
     def __init__(
@@ -110,13 +109,11 @@ class CeleryInstrumentation:
         service: str | ServiceChooser | None,
         tasks: Literal["all", "opt-in"],
         tracker: Tracker | None,
-        span: bool,
     ) -> None:
         self.app = app
         self.service = service
         self.tasks: Literal["all", "opt-in"] = tasks
         self.tracker = tracker
-        self.span = span
         self._uid = f"gputime.integrations.celery:{next(_uids)}"
         self._lock = threading.Lock()
         # Runs started and not yet ended, by the id of their Celery request
@@ -214,10 +211,8 @@ class CeleryInstrumentation:
         service = self._service_of(task)
         if service is None:
             return
-        attributes: dict[str, str] = {"celery.task_name": str(task.name)}
-        if isinstance(task_id, str):
-            attributes["celery.task_id"] = task_id
-        spec = gpu_task(service, span=self.span, attributes=attributes, tracker=self.tracker)
+        attributes = {"celery.task_name": str(task.name), "celery.task_id": str(task_id)}
+        spec = gpu_task(service, attributes=attributes, tracker=self.tracker)
         key = id(task.request)  # the request Celery pushed for this run
         run = _Run()
         with self._lock:
@@ -228,7 +223,7 @@ class CeleryInstrumentation:
         # runs a task eagerly would come back here.
         handle = run.handle = spec._start(False)
         tracker = handle.tracker
-        token = tracker._activate(handle)  # None without a span of its own
+        token = tracker._activate(handle)  # None where no SDK records spans
         if token is not None:
             run.token = token
             run.attached = otel_context.get_current()
@@ -237,13 +232,21 @@ class CeleryInstrumentation:
     def _finish(self, task: Any, retval: Any, state: Any) -> None:
         if task is None:
             return
+        key = id(task.request)
         with self._lock:
-            run = self._runs.pop(id(task.request), None)
-            drained = self._closing and not self._runs
-        if drained:
-            self._disconnect_postrun()
-        if run is None or run.handle is None:
-            return  # not measured, or started before instrument() was called
+            run = self._runs.get(key)
+        try:
+            if run is not None and run.handle is not None:
+                self._end(run.handle, run, retval, state)
+        finally:
+            # Forgotten only once ended, so that ``running`` counts it until then.
+            with self._lock:
+                self._runs.pop(key, None)
+                drained = self._closing and not self._runs
+            if drained:
+                self._disconnect_postrun()
+
+    def _end(self, handle: TaskHandle, run: _Run, retval: Any, state: Any) -> None:
         if state in _NOT_FAILED:
             error = None
         elif state is None:
@@ -263,7 +266,7 @@ class CeleryInstrumentation:
                 self._report("celery span", exc)
         if run.token is not None:
             _restore(run.token, run.attached)
-        run.handle.end(error)
+        handle.end(error)
 
     # -- which service ----------------------------------------------------------------
 
@@ -297,12 +300,13 @@ class CeleryInstrumentation:
         return chosen
 
     def _report(self, kind: str, exc: BaseException) -> None:
-        """Log a fault once per kind, on logger ``gputime``; never raises."""
-        try:
-            tracker = self.tracker or _default.get_tracker()
-            tracker._report_fault(kind, exc, self)
-        except Exception:  # noqa: BLE001 - Celery logs a handler's faults itself
-            pass
+        """Log a fault once per kind and exception type, on logger ``gputime``.
+
+        Should this fail too, Celery catches what a signal handler raises (and
+        logs it), so the task runs on all the same.
+        """
+        tracker = self.tracker or _default.get_tracker()
+        tracker._report_fault(kind, exc, self)
 
     def __repr__(self) -> str:
         state = "active" if self.active else "uninstrumented"
@@ -339,7 +343,6 @@ def instrument(
     service: str | ServiceChooser | None = None,
     tasks: Literal["all", "opt-in"] = "all",
     tracker: Tracker | None = None,
-    span: bool = True,
 ) -> CeleryInstrumentation:
     """Measure the tasks Celery workers in this process run, each run as one task.
 
@@ -364,9 +367,6 @@ def instrument(
         tasks: ``"all"`` measures every task; ``"opt-in"`` only those with the option.
         tracker: The tracker that measures; the process-wide default one (looked
             up at each run, so ``gputime.configure()`` applies) if ``None``.
-        span: False makes no span per run; the figures go on the span current
-            when the task starts (for example the one of OpenTelemetry's own
-            Celery instrumentation, if it is set up before this call).
 
     Returns:
         The instrumentation; its ``uninstrument()`` stops measuring new runs.
@@ -386,7 +386,7 @@ def instrument(
         )
     if tracker is not None and not isinstance(tracker, Tracker):
         raise TypeError(f"tracker must be a gputime.Tracker, not {type(tracker).__name__}")
-    instrumentation = CeleryInstrumentation(app, service, tasks, tracker, bool(span))
+    instrumentation = CeleryInstrumentation(app, service, tasks, tracker)
     with _active_lock:
         for other in _active:
             if app is None or other.app is None or other.app is app:
@@ -394,12 +394,8 @@ def instrument(
                     f"{'every Celery app' if app is None else repr(app)} is already "
                     f"instrumented by {other!r}: call its uninstrument() first"
                 )
-        _active.append(instrumentation)
-    try:
         instrumentation._connect()
-    except BaseException:
-        instrumentation.uninstrument()
-        raise
+        _active.append(instrumentation)
     return instrumentation
 
 
