@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {"nvidia-ml-py", "wrapt", "opentelemetry-api"}
+#: Extras whose own floor the floor job installs too: the tests of what they add run there.
+EXTRAS_AT_FLOOR = {"celery": "celery"}
 
 
 def _project() -> dict[str, Any]:
@@ -19,9 +21,9 @@ def _project() -> dict[str, Any]:
     return project
 
 
-def _floors() -> dict[str, str]:
+def _floors(requirements: list[str] | None = None) -> dict[str, str]:
     floors = {}
-    for requirement in _project()["dependencies"]:
+    for requirement in _project()["dependencies"] if requirements is None else requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
         # A name and a floor, nothing else: no upper bound, no pin, no marker.
         assert match, f"{requirement!r}: a runtime dependency is a name and a floor"
@@ -52,4 +54,14 @@ def test_the_floor_constraints_pin_the_declared_floors():
         assert pins[name].split(".")[: len(declared)] == declared, (name, floor, pins[name])
     # The tests' SDK at the API's floor: each SDK release requires its own API release.
     assert pins["opentelemetry-sdk"] == pins["opentelemetry-api"]
-    assert set(pins) == RUNTIME | {"opentelemetry-sdk"}
+    assert set(pins) == RUNTIME | {"opentelemetry-sdk"} | set(EXTRAS_AT_FLOOR.values())
+
+
+@pytest.mark.parametrize(("extra", "name"), sorted(EXTRAS_AT_FLOOR.items()))
+def test_the_floor_constraints_pin_an_extras_declared_floor(extra: str, name: str):
+    optional = _project()["optional-dependencies"]
+    floor = _floors(optional[extra])[name]
+    # The test extra installs it in every CI job, with the same floor.
+    assert _floors([r for r in optional["test"] if r.startswith(f"{name}>=")]) == {name: floor}
+    declared = floor.split(".")
+    assert _pins()[name].split(".")[: len(declared)] == declared, (name, floor, _pins()[name])

@@ -110,10 +110,10 @@ class CeleryInstrumentation:
         tasks: Literal["all", "opt-in"],
         tracker: Tracker | None,
     ) -> None:
-        self.app = app
-        self.service = service
+        self.app: object | None = app
+        self.service: str | ServiceChooser | None = service
         self.tasks: Literal["all", "opt-in"] = tasks
-        self.tracker = tracker
+        self.tracker: Tracker | None = tracker
         self._uid = f"gputime.integrations.celery:{next(_uids)}"
         self._lock = threading.Lock()
         # Runs started and not yet ended, by the id of their Celery request
