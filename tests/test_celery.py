@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -687,6 +689,52 @@ def test_forked_child_starts_with_no_run_open(world: Tracker):
     WORLD.release.set()
     assert result.get(timeout=WAIT, interval=0.005) == "held"
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _folder_client(folder: Path) -> Celery:
+    """A client of the worker of tests/celery_worker_app.py (the same folders)."""
+    client = Celery("client", broker="filesystem://", backend=f"file://{folder}/results")
+    client.conf.broker_transport_options = {
+        "data_folder_in": f"{folder}/queue",
+        "data_folder_out": f"{folder}/queue",
+        "control_folder": f"{folder}/control",  # not ./control
+        "polling_interval": 0.02,
+    }
+    return client
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool forks")
+def test_a_prefork_worker_measures_in_each_child_what_that_child_ran(tmp_path: Path):
+    # A real `celery worker` process, as deployed: instrument() runs when it
+    # imports the app, before it forks its pool; gputime is configured in each
+    # child as it starts, and each child's figures are its own.
+    for folder in ("queue", "results", "control"):
+        (tmp_path / folder).mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_worker_app", "worker",
+         "--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip",
+         "--without-heartbeat", "--loglevel=WARNING"],
+        env={**os.environ, "GPUTIME_CELERY_FOLDER": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its pool's children with it, to stop them at once
+    )  # fmt: skip
+    try:
+        client = _folder_client(tmp_path)
+        # The first waits for the worker to start, too.
+        pids = [
+            client.send_task("prefork.work", args=(0.01,)).get(timeout=30, interval=0.02)
+            for _ in range(3)
+        ]
+        report = client.send_task("prefork.report").get(timeout=WAIT, interval=0.02)
+    finally:
+        # The tasks are done: no warm shutdown (seconds) is needed.
+        os.killpg(worker.pid, signal.SIGKILL)
+        output, _ = worker.communicate(timeout=WAIT)
+    assert set(pids) == {report["pid"]}, output
+    assert report["parent"] == worker.pid  # ran in the pool's child, not the main process
+    assert report["tasks"] == {"prefork.work": 3, "prefork.report": 0}  # the report runs
 
 
 # -- @gpu_task and Celery task objects ---------------------------------------------------------
