@@ -37,12 +37,14 @@ SDIST_FILES = (
     "tests/nvml/__init__.py",
     "tests/nvml/conftest.py",
     "tests/typing_check.py",
+    "tests/celery_worker_app.py",
     "tests/e2e/__init__.py",
     "tests/e2e/conftest.py",
     "tests/e2e/streaming_app.py",
     "tests/e2e/test_soak.py",
     "docs/compatibility.md",
     "docs/opentelemetry.md",
+    "docs/celery.md",
     "benchmarks/overhead.py",
     ".ci/install-e2e.sh",
     ".ci/constraints-floor.txt",
@@ -59,6 +61,9 @@ def check_wheel(path: Path) -> list[str]:
     problems.extend(f"wheel: no {init}" for init in PACKAGES if init not in names)
     if "gputime/py.typed" not in names:
         problems.append("wheel: no gputime/py.typed")
+    # Packages are listed by hand in pyproject.toml: one left out is missing here.
+    if "gputime/integrations/celery.py" not in names:
+        problems.append("wheel: no gputime/integrations/celery.py")
     if f"{dist_info}/licenses/LICENSE" not in names:
         problems.append("wheel: no LICENSE under .dist-info/licenses/")
     if metadata["License-Expression"] != "MIT":
