@@ -101,6 +101,22 @@ async def acheck() -> None:
     del gen
 
 
+def celery_check(app: object) -> None:
+    from gputime.integrations.celery import CeleryInstrumentation, instrument, uninstrument
+
+    def choose(task: Any) -> str | None:
+        return None
+
+    instrumentation = instrument(app, service=choose, tasks="opt-in", tracker=None)
+    assert_type(instrumentation, CeleryInstrumentation)
+    assert_type(instrumentation.running, int)
+    assert_type(instrumentation.uninstrument(), None)
+    instrument(service="gpu-worker").uninstrument()
+    uninstrument()
+    instrument(app, tasks="some")  # type: ignore[arg-type]
+    instrument(app, servce="nmt")  # type: ignore[call-arg]
+
+
 def misspelt_arguments_are_type_errors() -> None:
     # Spelled-out keywords: a misspelt one fails type checking, not only at run time.
     gputime.configure(intervall=0.5)  # type: ignore[call-arg]
