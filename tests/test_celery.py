@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from celery import Celery, shared_task, signals
 from celery.contrib.testing.worker import start_worker
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from celery.loaders.app import AppLoader
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -374,7 +374,12 @@ def test_an_eager_apply_is_measured_in_the_callers_thread(world: Tracker, sdk: S
         assert translate.apply(args=(0.25,)).get() == "translated"
         with pytest.raises(GpuOutOfMemoryError):
             fail.apply(throw=True)  # propagates out of Celery's tracer
+        with pytest.raises(Retry):  # an eager retry propagates too: not a failure
+            flaky.apply(throw=True)
         assert otel_trace.get_current_span() is request
+    retried = sdk.span("gpu_task tests.flaky")
+    assert retried.status.status_code is StatusCode.UNSET
+    assert world.stats("tests.flaky").task_count == 1
     ok, failed = sdk.span("gpu_task tests.translate"), sdk.span("gpu_task tests.fail")
     assert ok.parent is not None
     assert ok.parent.span_id == request.get_span_context().span_id

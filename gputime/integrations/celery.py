@@ -40,6 +40,7 @@ from gputime._tracker import Tracker
 
 try:
     from celery import signals as _signals
+    from celery.exceptions import Ignore, Reject, Retry
 except ImportError as _missing:  # pragma: no cover - the test extra installs Celery
     raise ImportError(
         "gputime.integrations.celery needs Celery 5.3 or later: pip install 'gputime[celery]'"
@@ -58,24 +59,30 @@ __all__ = ["OPTION", "CeleryInstrumentation", "ServiceChooser", "instrument", "u
 #: opts the task in under the default service, ``False`` leaves it unmeasured.
 OPTION: Final = "gputime_service"
 
-#: Task states after which a run ended without failing the task: Celery
-#: retries it (a new run), drops it on purpose, or hands it back to the broker.
+#: The states of a run that did not fail: it succeeded, or Celery retries the
+#: task (a new run), drops it on purpose (``Ignore``) or hands it back to the
+#: broker (``Reject``).
 _NOT_FAILED: Final = frozenset({"SUCCESS", "RETRY", "IGNORED", "REJECTED"})
 
+#: A function given the Celery task object that returns the service of its
+#: run, or ``None`` to leave the run unmeasured.
 ServiceChooser = Callable[[Any], "str | None"]
+
+#: What a run raises when it did not fail (the states above, as exceptions).
+_NOT_FAILURES: Final = (Retry, Ignore, Reject)
 
 _uids = itertools.count(1)
 _active: list[CeleryInstrumentation] = []
 _active_lock = threading.Lock()
 
-#: A context this integration made current for a task and could not take back
-#: when the task ended, because another instrumentation had made its own
-#: context current over it (``opentelemetry-instrumentation-celery`` connected
-#: after gputime does this: both attach in ``task_prerun`` and detach in
-#: ``task_postrun``, which Celery calls in the order they were connected).
-#: That one then puts ours back when it detaches; the next task started in the
-#: same context takes it away before it starts its own. Per context, so per
-#: thread, and per greenlet under gevent or eventlet.
+#: A context this integration made current for a run and could not take back
+#: when the run ended, because another instrumentation had made its own context
+#: current over it. ``opentelemetry-instrumentation-celery`` does, if connected
+#: after gputime: both attach in ``task_prerun`` and detach in ``task_postrun``,
+#: and Celery calls each signal's handlers in the order they connected, so it
+#: detaches after gputime's handler ran, putting gputime's context back. The
+#: next run in the same context takes it away before anything else. Per
+#: context, so per thread, and per greenlet under gevent or eventlet.
 _leftover: contextvars.ContextVar[tuple[object, Context | None] | None] = contextvars.ContextVar(
     "gputime.celery.leftover", default=None
 )
@@ -254,8 +261,10 @@ class CeleryInstrumentation:
             # SystemExit in the body, a fault of Celery's own around it, an
             # eager apply() that propagates): task_postrun is sent from a
             # ``finally``, where the exception on its way out is still the one
-            # being handled.
+            # being handled. An eager retry propagates as Retry: not a failure.
             error = sys.exc_info()[1]
+            if isinstance(error, _NOT_FAILURES):
+                error = None
         else:  # FAILURE: the tracer hands postrun the exception the body raised
             error = retval if isinstance(retval, BaseException) else None
         span = run.span
@@ -316,9 +325,11 @@ class CeleryInstrumentation:
 def _restore(token: object, attached: Context | None) -> None:
     """Make current again what was before the run's span, if that is ours to do.
 
-    Only while our context is still the current one: another instrumentation
-    that made its own context current after ours (and takes it back after
-    ours, see :data:`_leftover`) would otherwise have ours put back under it.
+    Only while our context is still the current one. Over another
+    instrumentation's context, resetting ours would take that one away too
+    while its handler has still to run, and its own detach would then put ours
+    back all the same: leave it, and take it away at the next run (see
+    :data:`_leftover`).
     """
     if otel_context.get_current() is attached:
         otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
