@@ -72,10 +72,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> An
 class Prometheus:
     """A real Prometheus server scraping one target every 250 ms."""
 
-    def __init__(self, binary: str, workdir: Path, target: str) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, target: str, labels: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
+        # ``labels``: added to every series scraped (as a collector adds resource attributes).
+        extra = "".join(f"          {name}: '{value}'\n" for name, value in (labels or {}).items())
         config.write_text(
             "global:\n"
             "  scrape_interval: 250ms\n"
@@ -83,7 +87,7 @@ class Prometheus:
             "scrape_configs:\n"
             "  - job_name: gputime\n"
             "    static_configs:\n"
-            f"      - targets: ['{target}']\n"
+            f"      - targets: ['{target}']\n" + (f"        labels:\n{extra}" if extra else "")
         )
         self.log = workdir / "prometheus.log"
         with self.log.open("wb") as log:
@@ -137,14 +141,12 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture
-def start_prometheus(
-    prometheus_binary: str, tmp_path: Path
-) -> Iterator[Callable[[str], Prometheus]]:
-    """Start a Prometheus server scraping ``host:port``; stopped after the test."""
+def start_prometheus(prometheus_binary: str, tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Start a Prometheus server scraping ``host:port`` (and adding ``labels``); stopped after."""
     started: list[Prometheus] = []
 
-    def start(target: str) -> Prometheus:
-        server = Prometheus(prometheus_binary, tmp_path, target)
+    def start(target: str, labels: dict[str, str] | None = None) -> Prometheus:
+        server = Prometheus(prometheus_binary, tmp_path, target, labels)
         started.append(server)
         return server
 
