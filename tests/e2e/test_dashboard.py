@@ -101,7 +101,8 @@ def exporting() -> Iterator[str]:
     """This process exporting a workload's metrics on 127.0.0.1; its ``host:port``.
 
     Every instrument has data: energy (a GPU that measures it), an error type (a
-    task that raised), a running task (the up-down counter at 1).
+    task that raised), a running task (the up-down counter at 1), and the per
+    device counters (two GPUs, ``metrics_per_device=True``: the ``hw_id`` label).
     """
     require(
         installed("opentelemetry.exporter.prometheus"),
@@ -120,10 +121,11 @@ def exporting() -> Iterator[str]:
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     clock = FakeClock()
-    gpu = SimulatedGpu(clock=clock, measure_energy=True)
-    tracker = Tracker(backend=gpu, threaded=False, meter_provider=provider)
-    gpu.set_utilization(80)
-    gpu.set_power(250)
+    gpu = SimulatedGpu(2, clock=clock, measure_energy=True)
+    tracker = Tracker(backend=gpu, threaded=False, meter_provider=provider, metrics_per_device=True)
+    for device in (0, 1):
+        gpu.set_utilization(80, device=device)
+        gpu.set_power(250, device=device)
     with tracker.gpu_task("nmt"):
         clock.advance(1.0)
     failed = tracker.start_task("nmt")
