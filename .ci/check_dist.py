@@ -7,7 +7,8 @@ builds only those pyproject.toml lists) and ``py.typed``, the MIT licence in its
 metadata (PEP 639 ``License-Expression`` and the LICENSE file), exactly the three
 runtime dependencies, no tests. The sdist: everything its own test suite needs (conftest
 files, the NVML double, the end-to-end tests, the typing check, the floor
-constraints) and the docs the README links to.
+constraints), the docs the README links to, with the examples and the dashboard
+the docs tests run, and mkdocs.yml.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ SDIST_FILES = (
     "docs/compatibility.md",
     "docs/opentelemetry.md",
     "docs/celery.md",
+    "docs/examples/starlette_app.py",
+    "docs/grafana/gputime-fleet.json",
+    "mkdocs.yml",
     "benchmarks/overhead.py",
     ".ci/install-e2e.sh",
     ".ci/constraints-floor.txt",
