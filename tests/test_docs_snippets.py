@@ -40,7 +40,13 @@ FRAGMENT = re.compile(r"^\s*<!--\s*fragment:\s*(?P<why>.*?)\s*-->\s*$")
 INCLUDE = re.compile(r"""^--8<--\s+["'](?P<path>[^"']+)["']\s*$""")
 
 #: Optional packages a complete block may need; missing, the block is skipped.
-OPTIONAL = ("opentelemetry.exporter", "opentelemetry.sdk", "prometheus_client", "starlette")
+OPTIONAL = (
+    "opentelemetry.exporter",
+    "opentelemetry.sdk",
+    "prometheus_client",
+    "starlette",
+    "celery",
+)
 
 #: Seconds one block may take.
 TIMEOUT_S = 60
