@@ -9,6 +9,7 @@ machinery is imported with the first tracker (see ``docs/performance.md``).
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from gputime._default import configure, get_tracker, reset, start_task, stats
@@ -19,13 +20,17 @@ from gputime._types import BackendUnavailable
 from gputime._version import __version__
 
 if TYPE_CHECKING:
+    from gputime._timeline import DeviceSample, TaskWindow, Timeline
     from gputime._tracker import Tracker
 
 __all__ = [
     "BackendUnavailable",
     "DeviceFigures",
+    "DeviceSample",
     "ServiceStats",
     "TaskHandle",
+    "TaskWindow",
+    "Timeline",
     "Tracker",
     "__version__",
     "configure",
@@ -37,14 +42,24 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # Tracker on first use: it brings OpenTelemetry and the backends with it.
-    if name == "Tracker":
-        from gputime._tracker import Tracker  # noqa: PLC0415 - imported lazily, on purpose
+#: Names imported on first use, by the module that defines them.
+_LAZY = {
+    # Tracker brings OpenTelemetry and the backends with it.
+    "Tracker": "gputime._tracker",
+    # The timeline comes with the tracker that records it.
+    "Timeline": "gputime._timeline",
+    "TaskWindow": "gputime._timeline",
+    "DeviceSample": "gputime._timeline",
+}
 
-        globals()["Tracker"] = Tracker  # later look-ups skip this function
-        return Tracker
-    raise AttributeError(f"module 'gputime' has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gputime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
 def __dir__() -> list[str]:

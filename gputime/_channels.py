@@ -17,7 +17,7 @@ the ledger lock held, except what is marked lock-free.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from gputime._backends import Reading
 from gputime._figures import EPS
@@ -30,6 +30,13 @@ ReadOutcome = Reading | BaseException
 #: Pending-mark lists are pruned when they reach this length, then again at
 #: twice what was left: amortised O(1) per change.
 _PRUNE_MIN = 64
+
+#: Told of every reading a channel credits, once each, under the ledger lock:
+#: ``(device, is_power, start, end, value, inferred)``, where ``(start, end]`` is
+#: the stretch credited and ``inferred`` marks an idle claim (no driver sample).
+#: The timeline recorder is one (:mod:`gputime._timeline`); it must not raise,
+#: log or block.
+SampleSink = Callable[[int, bool, float, float, float | None, bool], None]
 
 
 class Channel:
@@ -173,6 +180,9 @@ class Channels:
         self.failures = 0
         #: Per device, the count just after its newest failed read (0: none).
         self.failed_at = [0] * devices
+        #: Where credited readings are also sent; ``None`` (the default) costs
+        #: one local check per ingested sample and nothing on the task path.
+        self.on_sample: SampleSink | None = None
 
     # -- reading plan ----------------------------------------------------------------
 
@@ -312,6 +322,7 @@ class Channels:
         threshold = self._threshold
         is_power = channel.is_power
         slot = channel.slot
+        sink = self.on_sample
         for end, value in samples:
             if not claim and (channel.last_end is None or end > channel.last_end):
                 channel.last_end = end
@@ -322,6 +333,9 @@ class Channels:
                 self._fill_marks(channel, horizon, end, value)
             for service in tracking:
                 credit_to(service.sums[slot], service, horizon, end, value, is_power, threshold)
+            if sink is not None:
+                # Here, past the horizon check: each reading is recorded once.
+                sink(channel.device, is_power, horizon, end, value, claim)
             horizon = end
         channel.horizon = horizon
         channel.update_since(self.period)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from gputime._backends import Backend
     from gputime._handle import TaskHandle
+    from gputime._timeline import Timeline
     from gputime._tracker import Tracker
 
 _lock = threading.Lock()
@@ -34,6 +35,7 @@ def configure(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     metrics_per_device: bool = False,
+    timeline: bool | Timeline = False,
 ) -> Tracker:
     """Replace the process-wide default tracker, closing the old one.
 
@@ -61,6 +63,7 @@ def configure(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         metrics_per_device=metrics_per_device,
+        timeline=timeline,
     )
     with _lock:
         old, _default = _default, tracker

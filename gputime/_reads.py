@@ -63,6 +63,14 @@ class DeviceReader:
         """Every tracked device, read or not."""
         return self.session.devices
 
+    @property
+    def measured(self) -> tuple[DeviceInfo, ...]:
+        """The devices that are read, in the order of the ledger's channels."""
+        if not self.count:
+            return ()
+        devices = self.session.devices
+        return tuple(devices[i] for i in self._index)
+
     def read_all(self, plan: Sequence[float]) -> list[ReadOutcome]:
         """One read per device from ``plan``'s ``since``; failures become outcomes."""
         if self.closed:

@@ -23,6 +23,7 @@ from gputime._handle import TaskHandle, unrecorded
 from gputime._ledger import WOKE, Ledger
 from gputime._reads import DeviceReader
 from gputime._sampler import Sampler
+from gputime._timeline import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_TASKS, Timeline, hooks
 from gputime._types import Attribution, Clock, DeviceSelector
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from gputime import _task
+    from gputime._channels import SampleSink
 
 Listener = Callable[[TaskHandle], object]
 ListenerT = TypeVar("ListenerT", bound=Listener)
@@ -57,6 +59,10 @@ class Tracker:
             (attribute ``hw.id``: the device id) instead of summed over devices,
             to join them with DCGM's series; off by default (one series per
             service and device).
+        timeline: Record a :class:`~gputime.Timeline` of task windows and
+            device readings: ``True`` for one with the default bounds, or a
+            ``Timeline`` to record into (other bounds). Off by default, and
+            then it costs nothing. See :meth:`record_timeline`.
 
     Raises:
         ValueError: A bad argument; the message names it and its value.
@@ -76,8 +82,11 @@ class Tracker:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         metrics_per_device: bool = False,
+        timeline: bool | Timeline = False,
     ) -> None:
         self._closed = True  # until construction succeeds, close() has nothing to do
+        if not isinstance(timeline, (bool, Timeline)):
+            raise ValueError(f"timeline={timeline!r}: must be True, False or a gputime.Timeline")
         # Declared apart: a tuple assignment carries no annotation, and the
         # public attributes' types must not be left to inference.
         self.interval: float
@@ -132,6 +141,11 @@ class Tracker:
         self._emitter = Emitter(
             self.device_ids, self._faults, self._member, metrics_pending, tracer_provider
         )
+        self._timeline: Timeline | None = None
+        # The timeline's listeners and sink as installed, removed by identity.
+        self._timeline_hooks: tuple[Listener, Listener, SampleSink] | None = None
+        if timeline is not False:
+            self._attach_timeline(timeline if isinstance(timeline, Timeline) else Timeline())
         self._closed = False
         _fork.register(self)
 
@@ -260,6 +274,54 @@ class Tracker:
         self._start_listeners = _merged(old._start_listeners, self._start_listeners)
         self._end_listeners = _merged(old._end_listeners, self._end_listeners)
 
+    @property
+    def timeline(self) -> Timeline | None:
+        """The :class:`~gputime.Timeline` being recorded, ``None`` when off (the default)."""
+        return self._timeline
+
+    def record_timeline(
+        self,
+        *,
+        max_tasks: int = DEFAULT_MAX_TASKS,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+    ) -> Timeline:
+        """Start recording a timeline now, and return it; the one recording, if any.
+
+        For a tracker made without ``timeline=`` (the default tracker:
+        ``gputime.get_tracker().record_timeline()``). Tasks that began before
+        are recorded when they end. The bounds apply to a new timeline only:
+        where one is being recorded, it is returned as it is.
+
+        Args:
+            max_tasks: Task windows kept (a ring: the oldest go first).
+            max_samples: Device readings kept, likewise.
+
+        Raises:
+            ValueError: A bound that is not a positive integer.
+        """
+        current = self._timeline
+        if current is not None:
+            return current
+        timeline = Timeline(max_tasks=max_tasks, max_samples=max_samples)
+        self._attach_timeline(timeline)
+        return timeline
+
+    def stop_timeline(self) -> Timeline | None:
+        """Stop recording; returns the timeline (still readable), ``None`` if none was on.
+
+        A task running now is not recorded when it ends.
+        """
+        timeline, installed = self._timeline, self._timeline_hooks
+        if timeline is None or installed is None:
+            return None
+        started, ended, _ = installed
+        self._ledger.channels.on_sample = None
+        self._start_listeners = tuple(f for f in self._start_listeners if f is not started)
+        self._end_listeners = tuple(f for f in self._end_listeners if f is not ended)
+        self._timeline = None
+        self._timeline_hooks = None
+        return timeline
+
     def close(self) -> None:
         """Stop the sampler and release the backend. Idempotent.
 
@@ -293,6 +355,20 @@ class Tracker:
             f"<Tracker backend={self.backend.name!r} devices={list(self.device_ids)!r} "
             f"attribution={self.attribution!r}{' closed' if self._closed else ''}>"
         )
+
+    def _attach_timeline(self, timeline: Timeline) -> None:
+        """Feed ``timeline``: task listeners (run outside every lock) and the sample sink.
+
+        Nothing is added to the task path: the listener tuples are checked
+        there already, and the channels check their sink per credited reading.
+        """
+        timeline._bind(self, self._reader.measured, self.clock, self._faults)
+        installed = self._timeline_hooks = hooks(timeline)
+        started, ended, sink = installed
+        self._timeline = timeline
+        self._start_listeners = (started, *self._start_listeners)
+        self._end_listeners = (ended, *self._end_listeners)
+        self._ledger.channels.on_sample = sink
 
     # -- the task path -----------------------------------------------------------------
 
@@ -463,6 +539,10 @@ class Tracker:
 
     def _after_fork_in_child(self) -> None:
         self._ledger.clear_after_fork()
+        timeline, installed = self._timeline, self._timeline_hooks
+        if timeline is not None and installed is not None:
+            timeline._after_fork_in_child()  # the child's timeline starts empty
+            self._ledger.channels.on_sample = installed[2]  # the child's channels are new
         if self._member is not None:
             self._member._after_fork_in_child()
         if self._sampler is not None:

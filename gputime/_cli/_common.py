@@ -9,7 +9,10 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from gputime import Timeline, Tracker
 
 #: The command did what it was asked.
 EXIT_OK = 0
@@ -68,9 +71,8 @@ ResultT = TypeVar("ResultT")
 class Output(Generic[ResultT]):
     """A file a command writes at its end when its option is given.
 
-    ``gputime run --json PATH`` is one; ``--trace PATH`` and ``--plot PATH``
-    are meant to be added the same way: one ``write`` function and one entry
-    in the command's ``OUTPUTS``.
+    ``gputime run --json PATH`` is one, ``--trace PATH`` and ``--plot PATH``
+    others: one ``write`` function and one entry in the command's ``OUTPUTS``.
 
     Attributes:
         option: The command-line option, such as ``"--json"``.
@@ -78,12 +80,16 @@ class Output(Generic[ResultT]):
         write: Writes the command's result to the path given.
         tracker_options: Keyword arguments the output needs on the command's
             ``Tracker`` (for example a timeline recorder switched on).
+        requires: Raises ``ImportError``, with a message naming the extra to
+            install, where an optional package the output needs is missing;
+            checked before the command does any work.
     """
 
     option: str
     help: str
     write: Callable[[str, ResultT], None]
     tracker_options: Mapping[str, Any] = field(default_factory=dict)
+    requires: Callable[[], object] | None = None
 
     @property
     def dest(self) -> str:
@@ -127,6 +133,20 @@ def check_outputs(
             parser.error(f"{output.option} {path}: cannot write in {folder}")
 
 
+def missing_extras(command: str, args: argparse.Namespace, outputs: Sequence[Output[Any]]) -> bool:
+    """Whether an optional package a requested output needs is missing (said on stderr)."""
+    missing = False
+    for output in requested(args, outputs):
+        if output.requires is None:
+            continue
+        try:
+            output.requires()
+        except ImportError as exc:
+            error(command, f"{output.option}: {exc}")
+            missing = True
+    return missing
+
+
 def write_outputs(
     command: str, args: argparse.Namespace, outputs: Sequence[Output[ResultT]], result: ResultT
 ) -> bool:
@@ -143,4 +163,73 @@ def write_outputs(
         except OSError as exc:
             error(command, f"cannot write {output.option} {path}: {exc.strerror or exc}")
             ok = False
+        except Exception as exc:  # noqa: BLE001 - one output failing must not lose the others
+            error(command, f"cannot write {output.option} {path}: {exc!r}")
+            ok = False
     return ok
+
+
+# -- the timeline outputs (--trace, --plot) ---------------------------------------------
+
+
+class TimelineResult(Protocol):
+    """A command's result that outputs a timeline: its tracker and a title."""
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The tracker that recorded the timeline, still open."""
+
+    @property
+    def title(self) -> str:
+        """What the picture is of."""
+
+
+def _timeline(result: TimelineResult) -> Timeline:
+    tracker = result.tracker
+    timeline = tracker.timeline if tracker is not None else None
+    if timeline is None:  # pragma: no cover - the output's tracker_options ask for one
+        raise RuntimeError("no timeline was recorded")
+    return timeline
+
+
+def _write_trace(path: str, result: TimelineResult) -> None:
+    _timeline(result).write_trace(path)
+
+
+def _write_plot(path: str, result: TimelineResult) -> None:
+    _timeline(result).plot(path, title=result.title)
+
+
+def _require_matplotlib() -> None:
+    from gputime._plot import require_matplotlib  # noqa: PLC0415 - only --plot needs it
+
+    require_matplotlib()
+
+
+def trace_output() -> Output[Any]:
+    """``--trace PATH``: the timeline as Chrome Trace Event / Perfetto JSON.
+
+    For a command whose result is a :class:`TimelineResult`.
+    """
+    return Output(
+        "--trace",
+        "write a timeline to PATH as Chrome Trace Event / Perfetto JSON (open it in "
+        "ui.perfetto.dev or chrome://tracing): a slice per task, utilisation per device",
+        _write_trace,
+        tracker_options={"timeline": True},
+    )
+
+
+def plot_output() -> Output[Any]:
+    """``--plot PATH``: the timeline as a picture (the ``plot`` extra).
+
+    For a command whose result is a :class:`TimelineResult`.
+    """
+    return Output(
+        "--plot",
+        "draw utilisation per device over time, each service's tasks beneath, as a PNG "
+        "to PATH (needs the 'plot' extra: pip install 'gputime[plot]')",
+        _write_plot,
+        tracker_options={"timeline": True},
+        requires=_require_matplotlib,
+    )

@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from gputime._cli._common import (
     EXIT_INTERRUPTED,
+    EXIT_MISSING_EXTRA,
     EXIT_OK,
     HelpFormatter,
     Output,
     add_outputs,
     check_outputs,
     describe,
+    missing_extras,
+    plot_output,
+    trace_output,
     tracker_options,
     write_outputs,
 )
@@ -35,6 +39,8 @@ EPILOG = """\
 examples:
   gputime demo                       # 3 s, prints a table of the four services
   gputime demo --seconds 60 --seed 3 # longer; progress on the terminal (stderr)
+  gputime demo --trace demo.json     # then open demo.json in ui.perfetto.dev
+  gputime demo --plot demo.png       # a picture (pip install 'gputime[plot]')
 """
 
 
@@ -45,14 +51,16 @@ class DemoResult:
     Attributes:
         stats: The final per-service figures.
         tracker: The demo's tracker, still open while outputs are written.
+        title: What a picture of it is titled.
     """
 
     stats: Mapping[str, ServiceStats]
     tracker: Tracker
+    title: str = "gputime demo"
 
 
-#: Files ``gputime demo`` can write (``--trace`` and ``--plot`` are to come, one entry each).
-OUTPUTS: tuple[Output[DemoResult], ...] = ()
+#: Files ``gputime demo`` can write: its timeline as a trace and as a picture.
+OUTPUTS: tuple[Output[DemoResult], ...] = (trace_output(), plot_output())
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -85,6 +93,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not 0 < args.seconds <= MAX_SECONDS:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS:g}], not {args.seconds:g}")
     check_outputs(parser, args, OUTPUTS)
+    if missing_extras(NAME, args, OUTPUTS):
+        return EXIT_MISSING_EXTRA
     print(f"gputime demo: 4 services on a simulated GPU for {args.seconds:g} s ...", flush=True)
     stop = threading.Event()
     interrupted: list[int] = []
@@ -103,7 +113,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     def finish(tracker: Tracker, stats: dict[str, ServiceStats]) -> None:
         progress.close()  # before any message about an output file
-        write_outputs(NAME, args, OUTPUTS, DemoResult(stats, tracker))
+        title = f"gputime demo --seconds {args.seconds:g} --seed {args.seed}"
+        write_outputs(NAME, args, OUTPUTS, DemoResult(stats, tracker, title))
 
     # The table waits until the progress line is erased: both share the terminal.
     table = io.StringIO()

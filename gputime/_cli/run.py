@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gputime import BackendUnavailable, TaskHandle, Tracker
 from gputime._cli._common import (
     EXIT_CANNOT_EXECUTE,
+    EXIT_MISSING_EXTRA,
     EXIT_NOT_FOUND,
     HelpFormatter,
     Output,
@@ -35,8 +36,11 @@ from gputime._cli._common import (
     check_outputs,
     describe,
     error,
+    missing_extras,
+    plot_output,
     positive_seconds,
     service_name,
+    trace_output,
     tracker_options,
     write_outputs,
 )
@@ -58,6 +62,7 @@ examples:
   gputime run -s nmt -- python translate.py --batch 64
   gputime run -s train --json run.json -- torchrun --nproc-per-node 2 train.py
   gputime run -s nmt --attribution device -- ./serve-once.sh
+  gputime run -s nmt --trace run.json -- python translate.py   # open in ui.perfetto.dev
 
 The summary goes to stderr. The exit status is the command's: 128+N when signal N
 ended it, 127 when it was not found, 126 when it could not be executed. SIGTERM sent
@@ -102,6 +107,11 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     tracker: Tracker | None = None
 
+    @property
+    def title(self) -> str:
+        """What a picture of the run is titled."""
+        return f"gputime run -s {self.service} -- {_quote(self.command)}"
+
     def to_json(self) -> dict[str, Any]:
         """The fields of ``--json`` (SPEC section 6)."""
         return {
@@ -125,9 +135,12 @@ def write_json(path: str, result: RunResult) -> None:
         file.write("\n")
 
 
-#: Files ``gputime run`` can write (``--trace`` is to come, as one more entry).
+#: Files ``gputime run`` can write. ``--plot`` is an extension: SPEC section 6
+#: lists it for ``demo`` only (docs/cli.md).
 OUTPUTS: tuple[Output[RunResult], ...] = (
     Output("--json", "write the figures as JSON to PATH", write_json),
+    trace_output(),
+    plot_output(),
 )
 
 
@@ -185,6 +198,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not command:
         parser.error("no command given: gputime run -s SERVICE -- CMD [ARGS...]")
     check_outputs(parser, args, OUTPUTS)
+    if missing_extras(NAME, args, OUTPUTS):
+        return EXIT_MISSING_EXTRA  # before the command runs: it would run unrecorded
     tree = ProcessTree()
     tracker, attribution, notes = open_tracker(args, tree, tracker_options(args, OUTPUTS))
     try:

@@ -1,0 +1,484 @@
+"""The timeline recorder: what one tracker saw, over time, in bounded memory.
+
+A :class:`Timeline` keeps each task's window (start, end, figures, status,
+error, concurrency) and every device reading the ledger credits (utilisation,
+and power where measured), each in a ring of its own, so a burst of tiny tasks
+never pushes the utilisation history out. It is off unless asked for
+(``Tracker(timeline=True)``, ``tracker.record_timeline()``), and off it costs
+nothing: it is fed through the tracker's task listeners (empty tuples
+otherwise) and the channels' sample sink (``None`` otherwise).
+
+Data still flows one way: the ledger hands the recorder each reading it
+credits, exactly once, under its lock (:data:`gputime._channels.SampleSink`);
+the tracker hands it each task that started or ended, outside every lock. The
+recorder never calls back into the ledger or the tracker, and it never raises
+into either: a fault is reported once on logger ``gputime`` (kind
+``timeline``).
+
+Export (:meth:`Timeline.to_trace`, :meth:`Timeline.plot`) works on a snapshot
+taken under the recorder's own lock, so recording goes on meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from gputime import _validate
+from gputime._emitter import error_type
+from gputime._figures import INHERITED, Figures, FiguresTuple
+from gputime._types import Clock, Status
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from gputime._backends import DeviceInfo
+    from gputime._channels import SampleSink
+    from gputime._faults import FaultLog
+    from gputime._handle import TaskHandle
+
+#: Task windows kept by default (about 2.5 MB; see docs/timeline.md).
+DEFAULT_MAX_TASKS = 10_000
+#: Device readings kept by default: about 2 h 20 min of one GPU's utilisation
+#: at NVML's 1/6 s sample period (about 9 MB; see docs/timeline.md).
+DEFAULT_MAX_SAMPLES = 50_000
+
+#: What a device reading measures: utilisation (percent) or power (watts).
+Quantity = Literal["utilization", "power"]
+
+
+class TaskWindow(NamedTuple):
+    """One task as the timeline recorded it.
+
+    Attributes:
+        service: The service the task belongs to.
+        name: The task's name (its span name: ``gpu_task {service}`` unless
+            ``name=`` was given).
+        start: When it began, in seconds on the tracker's clock.
+        end: When it ended; ``None`` while it runs.
+        gpu_ms: GPU-busy milliseconds (final once ended, live while running).
+        gpu_util_ms: Utilisation-weighted GPU milliseconds.
+        energy_mj: Millijoules, ``None`` where not measured.
+        status: ``ok``, ``partial`` or ``unavailable``.
+        coverage: Fraction of the window (times devices) readings covered.
+        concurrency: Running tasks of its service when it began, itself included.
+        error: ``error.type`` of the exception the task raised (the fully
+            qualified class name), ``None`` if it returned or was cancelled.
+    """
+
+    service: str
+    name: str
+    start: float
+    end: float | None
+    gpu_ms: float
+    gpu_util_ms: float
+    energy_mj: float | None
+    status: Status
+    coverage: float
+    concurrency: int
+    error: str | None
+
+    @property
+    def running(self) -> bool:
+        """True while the task runs (``end`` is ``None``)."""
+        return self.end is None
+
+
+class DeviceSample(NamedTuple):
+    """One device reading as the ledger credited it.
+
+    Attributes:
+        device: The device id (NVML UUID; ``SIM-n`` for a simulated GPU).
+        quantity: ``"utilization"`` (percent) or ``"power"`` (watts).
+        start: Start of the stretch it was credited for, tracker clock seconds
+            (the previous reading's end, or the moment reading resumed after
+            an idle spell).
+        end: The reading's end (the driver's sample timestamp).
+        value: Percent or watts; ``None`` for a stretch the driver lost.
+        inferred: True for an idle claim: the driver records no sample while
+            the GPU is idle, and the absence of one was read as 0 %.
+    """
+
+    device: str
+    quantity: Quantity
+    start: float
+    end: float
+    value: float | None
+    inferred: bool
+
+
+# What the rings hold: plain tuples, cheapest to make on the recording paths.
+_TaskRow = tuple[str, "str | None", float, float, FiguresTuple, int, "str | None"]
+_SampleRow = tuple[int, bool, float, float, "float | None", bool]
+
+
+class Timeline:
+    """A bounded record of one tracker's task windows and device readings.
+
+    Make one with ``Tracker(timeline=True)`` (or ``configure(timeline=True)``),
+    ``Tracker(timeline=Timeline(max_tasks=...))`` for other bounds, or
+    ``tracker.record_timeline()`` on a tracker already running (the default
+    tracker: ``gputime.get_tracker().record_timeline()``). It records from the
+    moment it is attached until :meth:`Tracker.stop_timeline`; a task that
+    began before is recorded when it ends. Export with :meth:`write_trace`
+    (Chrome Trace Event / Perfetto JSON) or :meth:`plot` (a PNG, with the
+    ``plot`` extra).
+
+    Each kind of record is kept in a ring: past ``max_tasks`` task windows
+    or ``max_samples`` readings, the oldest are dropped (counted in
+    :attr:`dropped_tasks`, :attr:`dropped_samples`). Thread-safe. A forked
+    child starts with an empty timeline. ``Tracker.reset()`` does not clear
+    it: it is a history, not a total (:meth:`clear` does).
+
+    Args:
+        max_tasks: Task windows kept, at least 1.
+        max_samples: Device readings kept (utilisation and power together),
+            at least 1.
+
+    Raises:
+        ValueError: A bound that is not a positive integer.
+    """
+
+    def __init__(
+        self, *, max_tasks: int = DEFAULT_MAX_TASKS, max_samples: int = DEFAULT_MAX_SAMPLES
+    ) -> None:
+        self._max_tasks = _validate.count("max_tasks", max_tasks, minimum=1)
+        self._max_samples = _validate.count("max_samples", max_samples, minimum=1)
+        self._lock = threading.Lock()
+        self._tasks: deque[_TaskRow] = deque(maxlen=self._max_tasks)
+        self._samples: deque[_SampleRow] = deque(maxlen=self._max_samples)
+        # Running tasks, by id: their live figures are read at export.
+        self._running: dict[int, TaskHandle] = {}
+        self._tasks_seen = 0
+        self._samples_seen = 0
+        # Set when attached (see _bind): the tracker's devices, clock, faults.
+        self._owner: weakref.ref[object] | None = None
+        self._devices: tuple[DeviceInfo, ...] = ()
+        self._clock: Clock = time.monotonic
+        self._faults: FaultLog | None = None
+        # A fault met under the ledger lock, where nothing may be logged:
+        # reported at the next task event or export.
+        self._pending_fault: BaseException | None = None
+
+    # -- what users read -----------------------------------------------------------------
+
+    @property
+    def max_tasks(self) -> int:
+        """How many task windows are kept."""
+        return self._max_tasks
+
+    @property
+    def max_samples(self) -> int:
+        """How many device readings are kept."""
+        return self._max_samples
+
+    @property
+    def dropped_tasks(self) -> int:
+        """Task windows recorded but since dropped from the ring (the oldest)."""
+        with self._lock:
+            return self._tasks_seen - len(self._tasks)
+
+    @property
+    def dropped_samples(self) -> int:
+        """Device readings recorded but since dropped from the ring (the oldest)."""
+        with self._lock:
+            return self._samples_seen - len(self._samples)
+
+    @property
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """The devices whose readings are recorded (those the tracker reads)."""
+        return self._devices
+
+    def tasks(self) -> list[TaskWindow]:
+        """The task windows kept, running tasks included (``end`` ``None``), by start."""
+        with self._lock:
+            rows = list(self._tasks)
+            running = list(self._running.values())
+        self._report_pending()
+        windows = []
+        for service, name, start, end, final, concurrency, error in rows:
+            gpu_ms, gpu_util_ms, energy_mj, status, coverage = final
+            windows.append(
+                TaskWindow(
+                    service,
+                    name if name is not None else f"gpu_task {service}",
+                    start,
+                    end,
+                    gpu_ms,
+                    gpu_util_ms,
+                    energy_mj,
+                    status,
+                    coverage,
+                    concurrency,
+                    error,
+                )
+            )
+        for handle in running:
+            window = self._live_window(handle)
+            if window is not None:
+                windows.append(window)
+        windows.sort(key=_by_start)
+        return windows
+
+    def samples(self, device: str | None = None) -> list[DeviceSample]:
+        """The device readings kept, oldest first (of one device id, or of all).
+
+        Raises:
+            ValueError: ``device`` is not one of :attr:`devices`.
+        """
+        ids = [info.id for info in self._devices]
+        if device is not None and device not in ids:
+            raise ValueError(f"device={device!r}: not a recorded device ({', '.join(ids)})")
+        with self._lock:
+            rows = list(self._samples)
+        self._report_pending()
+        samples = []
+        for index, is_power, start, end, value, inferred in rows:
+            device_id = ids[index]
+            if device is not None and device_id != device:
+                continue
+            if is_power:
+                # The ledger keeps milliwatts; people read watts.
+                samples.append(
+                    DeviceSample(
+                        device_id,
+                        "power",
+                        start,
+                        end,
+                        None if value is None else value / 1000.0,
+                        inferred,
+                    )
+                )
+            else:
+                samples.append(DeviceSample(device_id, "utilization", start, end, value, inferred))
+        return samples
+
+    def clear(self) -> None:
+        """Forget what was recorded; running tasks stay, and are recorded when they end."""
+        with self._lock:
+            self._tasks.clear()
+            self._samples.clear()
+            self._tasks_seen = self._samples_seen = 0
+
+    def to_trace(self) -> dict[str, Any]:
+        """The timeline as a Chrome Trace Event / Perfetto JSON object.
+
+        One process per device with its utilisation (and power) as counter
+        tracks, one process per service with a slice per task (figures,
+        status and error in ``args``) on as many threads as it had tasks
+        running at once; timestamps in microseconds on the tracker's clock.
+        See docs/timeline.md for the layout.
+        """
+        from gputime import _trace  # noqa: PLC0415 - only an export needs it
+
+        tasks = self.tasks()
+        samples = self.samples()
+        now = self._now()
+        return _trace.chrome_trace(
+            tasks,
+            samples,
+            self._devices,
+            now=now,
+            wall_offset=time.time() - now,
+            dropped=(self.dropped_tasks, self.dropped_samples),
+        )
+
+    def write_trace(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_trace` to ``path`` as JSON (opens in Perfetto UI, chrome://tracing).
+
+        Raises:
+            OSError: The file cannot be written.
+        """
+        document = self.to_trace()
+        with open(path, "w", encoding="utf-8") as file:
+            # Strict JSON: no NaN or Infinity, which the viewers reject.
+            json.dump(document, file, separators=(",", ":"), allow_nan=False)
+            file.write("\n")
+
+    def plot(
+        self, path: str | os.PathLike[str] | None = None, *, title: str | None = None
+    ) -> Figure:
+        """Draw utilisation per device over time, each service's task windows beneath.
+
+        Needs matplotlib (``pip install 'gputime[plot]'``); it is imported
+        here, not before, and draws without pyplot (no window, no global
+        state), so it works on a headless server.
+
+        Args:
+            path: Where to save the picture; the format follows the suffix
+                (``.png``, ``.svg``, ``.pdf``). ``None``: only return it.
+            title: The figure's title (default ``gputime timeline``).
+
+        Returns:
+            The matplotlib ``Figure``.
+
+        Raises:
+            ImportError: matplotlib is not installed; the message names the extra.
+            OSError: The file cannot be written.
+        """
+        from gputime import _plot  # noqa: PLC0415 - matplotlib is an optional extra
+
+        return _plot.plot(
+            self.tasks(), self.samples(), self._devices, now=self._now(), path=path, title=title
+        )
+
+    def __repr__(self) -> str:
+        with self._lock:
+            tasks, samples, running = len(self._tasks), len(self._samples), len(self._running)
+        return (
+            f"<Timeline tasks={tasks}/{self._max_tasks} samples={samples}/{self._max_samples} "
+            f"running={running}>"
+        )
+
+    # -- what the tracker and the ledger call --------------------------------------------
+
+    def _bind(
+        self,
+        owner: object,
+        devices: Sequence[DeviceInfo],
+        clock: Clock,
+        faults: FaultLog,
+    ) -> None:
+        """Attach to one tracker: its devices (in channel order), clock and fault log.
+
+        Raises:
+            ValueError: It records another tracker's history.
+        """
+        # One tracker's history for life: devices and clocks differ between trackers.
+        if self._owner is not None and self._owner() is not owner:
+            raise ValueError(
+                "timeline: this Timeline records another tracker; make one per tracker"
+            )
+        self._owner = weakref.ref(owner)
+        self._devices = tuple(devices)
+        self._clock = clock
+        self._faults = faults
+
+    def _task_started(self, handle: TaskHandle) -> None:
+        """A start listener: the task shows as running until it ends."""
+        try:
+            with self._lock:
+                self._running[id(handle)] = handle
+        except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
+            self._report(exc)
+
+    def _task_ended(self, handle: TaskHandle) -> None:
+        """An end listener (figures final): the task's window goes into the ring."""
+        try:
+            final = handle._final
+            start, end = handle.start_time, handle.end_time
+            if final is INHERITED or end is None or math.isnan(start):
+                # Begun before a fork (the child starts empty), or never opened.
+                row = None
+            else:
+                if final is None:  # its end met a fault: what it has
+                    final = handle.figures
+                error = handle.error
+                row = (
+                    handle.service,
+                    handle._spec.name,
+                    start,
+                    end,
+                    final,
+                    handle.concurrency,
+                    None if error is None else error_type(error),
+                )
+            with self._lock:
+                self._running.pop(id(handle), None)
+                if row is not None:
+                    self._tasks.append(row)
+                    self._tasks_seen += 1
+        except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
+            self._report(exc)
+        self._report_pending()
+
+    def _sample(
+        self,
+        device: int,
+        is_power: bool,
+        start: float,
+        end: float,
+        value: float | None,
+        inferred: bool,
+    ) -> None:
+        """The channels' sample sink: runs under the ledger lock; must not raise or log."""
+        try:
+            with self._lock:
+                self._samples.append((device, is_power, start, end, value, inferred))
+                self._samples_seen += 1
+        except Exception as exc:  # noqa: BLE001 - reported later, outside the ledger lock
+            self._pending_fault = exc
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts empty (the lock may have been held by another thread)."""
+        self._lock = threading.Lock()
+        self._tasks = deque(maxlen=self._max_tasks)
+        self._samples = deque(maxlen=self._max_samples)
+        self._running = {}
+        self._tasks_seen = self._samples_seen = 0
+        self._pending_fault = None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _live_window(self, handle: TaskHandle) -> TaskWindow | None:
+        try:
+            start = handle.start_time
+            if math.isnan(start):
+                return None
+            figures: Figures = handle.figures
+            return TaskWindow(
+                handle.service,
+                handle.name,
+                start,
+                handle.end_time,
+                figures.gpu_ms,
+                figures.gpu_util_ms,
+                figures.energy_mj,
+                figures.status,
+                figures.coverage,
+                handle.concurrency,
+                None,
+            )
+        except Exception as exc:  # noqa: BLE001 - an export must not fail for one task
+            self._report(exc)
+            return None
+
+    def _now(self) -> float:
+        try:
+            return float(self._clock())
+        except Exception as exc:  # noqa: BLE001 - a failing clock: the newest record's time
+            self._report(exc)
+            return math.nan
+
+    def _report(self, exc: BaseException) -> None:
+        faults = self._faults
+        if faults is not None:
+            faults.report("timeline", exc)
+
+    def _report_pending(self) -> None:
+        exc = self._pending_fault
+        if exc is not None:
+            self._pending_fault = None
+            self._report(exc)
+
+
+def _by_start(window: TaskWindow) -> float:
+    return window.start
+
+
+def hooks(
+    timeline: Timeline,
+) -> tuple[Callable[[TaskHandle], None], Callable[[TaskHandle], None], SampleSink]:
+    """What a tracker installs: start listener, end listener, sample sink.
+
+    Made once per attachment, so that they can be removed again by identity
+    (each attribute access makes a new bound method).
+    """
+    return timeline._task_started, timeline._task_ended, timeline._sample
