@@ -119,7 +119,16 @@ def _draw_devices(
             more = power_axes.get_legend_handles_labels()
             handles, labels = handles + more[0], labels + more[1]
         if handles:
-            axes.legend(handles, labels, loc="upper right", fontsize="small")
+            # Above the plot, in a row: inside it would hide readings.
+            axes.legend(
+                handles,
+                labels,
+                loc="lower left",
+                bbox_to_anchor=(0.0, 1.0),
+                ncols=min(len(labels), 4),
+                fontsize="small",
+                frameon=False,
+            )
     else:
         axes.text(
             0.5, 0.5, "no device readings", ha="center", va="center", transform=axes.transAxes
@@ -208,6 +217,14 @@ def _draw_tasks(
     axes.set_ylabel("tasks")
     axes.grid(visible=True, axis="x", alpha=0.3)
     if marks:
-        axes.legend(list(marks.values()), list(marks), loc="upper right", fontsize="small")
+        # Beside the plot: inside it would hide tasks.
+        axes.legend(
+            list(marks.values()),
+            list(marks),
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize="small",
+            frameon=False,
+        )
     if not rows:
         axes.text(0.5, 0.5, "no tasks", ha="center", va="center", transform=axes.transAxes)

@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from gputime._faults import FaultLog
     from gputime._handle import TaskHandle
 
-#: Task windows kept by default (about 2.5 MB; see docs/timeline.md).
+#: Task windows kept by default (about 300 bytes each: 3 MB; docs/timeline.md).
 DEFAULT_MAX_TASKS = 10_000
-#: Device readings kept by default: about 2 h 20 min of one GPU's utilisation
-#: at NVML's 1/6 s sample period (about 9 MB; see docs/timeline.md).
+#: Device readings kept by default (about 140 bytes each: 7 MB): 2 h 20 min of
+#: one GPU's utilisation at NVML's 1/6 s sample period.
 DEFAULT_MAX_SAMPLES = 50_000
 
 #: What a device reading measures: utilisation (percent) or power (watts).
@@ -113,6 +113,9 @@ class DeviceSample(NamedTuple):
     value: float | None
     inferred: bool
 
+
+#: The figures of a task whose end met a fault in the ledger.
+_UNKNOWN: FiguresTuple = (0.0, 0.0, None, "partial", 0.0)
 
 # What the rings hold: plain tuples, cheapest to make on the recording paths.
 _TaskRow = tuple[str, "str | None", float, float, FiguresTuple, int, "str | None"]
@@ -378,8 +381,8 @@ class Timeline:
                 # Begun before a fork (the child starts empty), or never opened.
                 row = None
             else:
-                if final is None:  # its end met a fault: what it has
-                    final = handle.figures
+                if final is None:  # its end met a fault in the ledger: no figures
+                    final = _UNKNOWN
                 error = handle.error
                 row = (
                     handle.service,
