@@ -27,6 +27,7 @@ from gputime._ledger import ServiceStats
 from gputime.testing import FakeClock
 from tests.nvml.support import installed
 from tests.nvml_double import FakeGpu, FakeNvml
+from tests.trace_format import validate_file
 
 #: Upper bound for one command run in a subprocess.
 TIMEOUT = 60
@@ -431,6 +432,56 @@ def test_devices_without_a_gpu_in_process(capsys: pytest.CaptureFixture[str]):
     output = capsys.readouterr()
     assert output.out == ""
     assert "no NVIDIA GPU can be measured" in output.err
+
+
+def test_demo_writes_a_trace_and_a_picture(tmp_path: Path):
+    """As a user runs it; the trace opens in Perfetto UI and chrome://tracing as it is."""
+    pytest.importorskip("matplotlib")
+    trace_path, plot_path = tmp_path / "demo.json", tmp_path / "demo.png"
+    result = gputime(
+        "demo",
+        "--seconds",
+        "1",
+        "--seed",
+        "3",
+        "--trace",
+        str(trace_path),
+        "--plot",
+        str(plot_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nmt" in result.stdout
+    events = validate_file(trace_path)
+    processes = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert processes == {"GPU 0: Simulated GPU (SIM-0)", "nmt", "tts", "yourtts", "rust"}
+    threads = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert "nmt #2" in threads  # two workers: overlapping tasks on a second thread
+    assert [e for e in events if e["ph"] == "C" and e["args"]["percent"] > 0]
+    tasks = [e for e in events if e["ph"] == "X"]
+    assert {e["args"]["service"] for e in tasks} == {"nmt", "tts", "yourtts", "rust"}
+    assert "rust job-1" in {e["name"] for e in tasks}
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 10_000 < plot_path.stat().st_size < 200_000
+
+
+def test_demo_plot_without_matplotlib_is_3_before_the_workload(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["demo", "--seconds", "0.2", "--plot", str(tmp_path / "demo.png")]) == 3
+    output = capsys.readouterr()
+    assert output.out == ""  # the workload never started
+    assert output.err == (
+        "gputime demo: --plot: drawing a timeline needs matplotlib: pip install 'gputime[plot]'\n"
+    )
+    assert not (tmp_path / "demo.png").exists()
+
+
+def test_demo_trace_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "demo.json"
+    assert main(["demo", "--seconds", "0.3", "--trace", str(path)]) == 0
+    validate_file(path)
+    assert "gputime demo" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["demo", "run"])

@@ -32,6 +32,7 @@ from gputime._cli._proctree import ProcessTree
 from tests.nvml.support import installed
 from tests.nvml_double import FakeGpu, FakeNvml
 from tests.test_cli import TIMEOUT, gputime, nvml_present
+from tests.trace_format import validate_file
 
 SPEC_FIELDS = {
     "service",
@@ -598,3 +599,77 @@ def test_a_sigint_the_terminal_already_sent_is_not_sent_again(monkeypatch: pytes
             child.wait(timeout=0.3)  # still running: it got no SIGINT from gputime
         forwarder(signal.SIGTERM, None)  # SIGTERM always goes
         assert child.wait(timeout=TIMEOUT) == -signal.SIGTERM
+
+
+# --------------------------------------------------------------------------- --trace, --plot
+
+
+def test_trace_of_a_run_on_a_gpu(driver: Driver, tmp_path: Path):
+    trace_path = tmp_path / "run.json.trace"
+    command = python("import time; time.sleep(0.6)", "gpu=40")
+    status, result = gputime_run(tmp_path, "-s", "nmt", "--trace", str(trace_path), command=command)
+    assert status == 0
+    events = validate_file(trace_path)
+    (task,) = [e for e in events if e["ph"] == "X"]
+    assert task["name"] == "gpu_task nmt"
+    assert task["args"]["gpu_ms"] == result["gpu_ms"]
+    assert task["args"]["status"] == result["status"]
+    assert task["dur"] == pytest.approx(result["wall_s"] * 1e6, rel=0.2)
+    util = [e["args"]["percent"] for e in events if e["ph"] == "C" and e["name"] == "utilization"]
+    assert 40.0 in util  # the command's own utilisation (process attribution)
+    power = [e for e in events if e["ph"] == "C" and e["name"] == "power"]
+    assert power
+    processes = {
+        e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"
+    }
+    assert processes == {
+        "GPU 0: NVIDIA H100 80GB HBM3 (GPU-00000000-aaaa-bbbb-cccc-000000000000)",
+        "nmt",
+    }
+
+
+def test_trace_and_plot_without_a_gpu(tmp_path: Path):
+    """As a user runs it: the command runs, the trace has its task, the picture is drawn."""
+    pytest.importorskip("matplotlib")
+    trace_path, plot_path = tmp_path / "run.json", tmp_path / "run.png"
+    result = gputime(
+        "run", "-s", "nmt", "--trace", str(trace_path), "--plot", str(plot_path), "--",
+        *python("import time; time.sleep(0.1)"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = validate_file(trace_path)
+    (task,) = [e for e in events if e["ph"] == "X"]
+    assert task["args"]["status"] == "unavailable"
+    assert not [e for e in events if e["ph"] == "C"]
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_3_and_the_command_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    marker = tmp_path / "ran"
+    status = main(
+        ["run", "-s", "nmt", "--plot", str(tmp_path / "run.png"), "--",
+         *python(f"open({str(marker)!r}, 'w')")]
+    )  # fmt: skip
+    assert status == 3
+    assert not marker.exists()
+    assert capsys.readouterr().err == (
+        "gputime run: --plot: drawing a timeline needs matplotlib: pip install 'gputime[plot]'\n"
+    )
+
+
+def test_a_plot_that_fails_is_reported_and_the_status_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    pytest.importorskip("matplotlib")
+    json_path = tmp_path / "run.json"
+    # matplotlib knows no such format: the plot fails, the other outputs are written.
+    status = main(
+        ["run", "-s", "nmt", "--plot", str(tmp_path / "run.nosuchformat"),
+         "--json", str(json_path), "--", *python("import sys; sys.exit(5)")]
+    )  # fmt: skip
+    assert status == 5
+    assert json.loads(json_path.read_text())["exit_code"] == 5
+    assert "gputime run: cannot write --plot " in capsys.readouterr().err
