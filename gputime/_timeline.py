@@ -21,7 +21,6 @@ taken under the recorder's own lock, so recording goes on meanwhile.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -299,6 +298,8 @@ class Timeline:
         Raises:
             OSError: The file cannot be written.
         """
+        import json  # noqa: PLC0415 - only an export needs it (import gputime stays lean)
+
         document = self.to_trace()
         with open(path, "w", encoding="utf-8") as file:
             # Strict JSON: no NaN or Infinity, which the viewers reject.
@@ -342,6 +343,10 @@ class Timeline:
 
     # -- what the tracker and the ledger call --------------------------------------------
 
+    def _taken(self) -> bool:
+        """Whether a tracker was given this timeline already (one tracker's for life)."""
+        return self._owner is not None
+
     def _bind(
         self,
         owner: object,
@@ -363,6 +368,11 @@ class Timeline:
         self._devices = tuple(devices)
         self._clock = clock
         self._faults = faults
+
+    def _unbind(self) -> None:
+        """Recording stopped: tasks running now will not be seen ending, so they are let go."""
+        with self._lock:
+            self._running.clear()
 
     def _task_started(self, handle: TaskHandle) -> None:
         """A start listener: the task shows as running until it ends."""

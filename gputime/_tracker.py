@@ -87,6 +87,11 @@ class Tracker:
         self._closed = True  # until construction succeeds, close() has nothing to do
         if not isinstance(timeline, (bool, Timeline)):
             raise ValueError(f"timeline={timeline!r}: must be True, False or a gputime.Timeline")
+        if isinstance(timeline, Timeline) and timeline._taken():
+            # Before the backend opens: nothing to release.
+            raise ValueError(
+                "timeline: this Timeline records another tracker; make one per tracker"
+            )
         # Declared apart: a tuple assignment carries no annotation, and the
         # public attributes' types must not be left to inference.
         self.interval: float
@@ -309,7 +314,7 @@ class Tracker:
     def stop_timeline(self) -> Timeline | None:
         """Stop recording; returns the timeline (still readable), ``None`` if none was on.
 
-        A task running now is not recorded when it ends.
+        A task running now is not recorded when it ends (nor shown as running).
         """
         timeline, installed = self._timeline, self._timeline_hooks
         if timeline is None or installed is None:
@@ -320,6 +325,7 @@ class Tracker:
         self._end_listeners = tuple(f for f in self._end_listeners if f is not ended)
         self._timeline = None
         self._timeline_hooks = None
+        timeline._unbind()
         return timeline
 
     def close(self) -> None:

@@ -255,11 +255,14 @@ class TestSampler:
         assert ref() is None
         assert wait_until(lambda: len(sampler_threads()) == before)
 
+    @pytest.mark.parametrize("timeline", [False, True], ids=["", "timeline"])
     @pytest.mark.parametrize("sdk", [False, True], ids=["no-sdk", "sdk"])
-    def test_a_dropped_tracker_is_freed_by_reference_counting_alone(self, sdk: bool):
+    def test_a_dropped_tracker_is_freed_by_reference_counting_alone(
+        self, sdk: bool, timeline: bool
+    ):
         # No reference cycle through the tracker: not through its emitter, its
         # metrics, its ledger's pending marks (a task whose start sample has
-        # not come yet), its sampler thread or its listeners.
+        # not come yet), its sampler thread, its listeners or its timeline.
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace import TracerProvider
@@ -274,7 +277,7 @@ class TestSampler:
         gpu = SimulatedGpu()
         gc.disable()
         try:
-            tracker = Tracker(backend=gpu, interval=0.01, **providers)  # type: ignore[arg-type]
+            tracker = Tracker(backend=gpu, interval=0.01, timeline=timeline, **providers)  # type: ignore[arg-type]
             tracker.on_task_end(lambda task: None)
             gpu.set_utilization(50)
             with tracker.gpu_task("nmt"):

@@ -557,6 +557,17 @@ def test_record_timeline_on_a_running_tracker_then_stop(gpu: SimulatedGpu, clock
         assert tracker.record_timeline() is not timeline  # a new one
 
 
+def test_a_task_running_when_recording_stops_is_let_go(recorded: Tracker, clock: FakeClock):
+    task = recorded.start_task("nmt")
+    timeline = timeline_of(recorded)
+    assert timeline.tasks()[0].running
+    assert recorded.stop_timeline() is timeline
+    assert timeline.tasks() == []  # not shown running for ever
+    clock.advance(0.5)
+    task.end()
+    assert timeline.tasks() == []
+
+
 def test_a_timeline_records_one_tracker(gpu: SimulatedGpu):
     timeline = Timeline()
     with (
