@@ -15,20 +15,22 @@ recorder never calls back into the ledger or the tracker, and it never raises
 into either: a fault is reported once on logger ``gputime`` (kind
 ``timeline``).
 
-Export (:meth:`Timeline.to_trace`, :meth:`Timeline.plot`) works on a snapshot
-taken under the recorder's own lock, so recording goes on meanwhile.
+Recording takes no lock of its own: each change is one operation the GIL
+makes atomic, and readings come in under the ledger's lock. Export
+(:meth:`Timeline.to_trace`, :meth:`Timeline.plot`) works on copies of the
+rings, so recording goes on meanwhile.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from gputime import _validate
 from gputime._emitter import error_type
@@ -117,7 +119,8 @@ class DeviceSample(NamedTuple):
 _UNKNOWN: FiguresTuple = (0.0, 0.0, None, "partial", 0.0)
 
 # What the rings hold: plain tuples, cheapest to make on the recording paths.
-_TaskRow = tuple[str, "str | None", float, float, FiguresTuple, int, "str | None"]
+# A task row starts with its number (1, 2, ...), which counts what the ring dropped.
+_TaskRow = tuple[int, str, "str | None", float, float, FiguresTuple, int, "str | None"]
 _SampleRow = tuple[int, bool, float, float, "float | None", bool]
 
 
@@ -153,13 +156,17 @@ class Timeline:
     ) -> None:
         self._max_tasks = _validate.count("max_tasks", max_tasks, minimum=1)
         self._max_samples = _validate.count("max_samples", max_samples, minimum=1)
-        self._lock = threading.Lock()
+        # No lock on the recording paths (one costs more than the rest of a
+        # task's recording): each change is one operation the GIL makes atomic
+        # (deque.append, which also drops the oldest; set.add, set.discard;
+        # next() of a counter), and readings are appended under the ledger's
+        # lock, which orders them. Readers copy (see _copy).
         self._tasks: deque[_TaskRow] = deque(maxlen=self._max_tasks)
+        self._task_numbers = itertools.count(1)
         self._samples: deque[_SampleRow] = deque(maxlen=self._max_samples)
-        # Running tasks, by id: their live figures are read at export.
-        self._running: dict[int, TaskHandle] = {}
-        self._tasks_seen = 0
         self._samples_seen = 0
+        # Running tasks: their live figures are read at export.
+        self._running: set[TaskHandle] = set()
         # Set when attached (see _bind): the tracker's devices, clock, faults.
         self._owner: weakref.ref[object] | None = None
         self._devices: tuple[DeviceInfo, ...] = ()
@@ -184,14 +191,13 @@ class Timeline:
     @property
     def dropped_tasks(self) -> int:
         """Task windows recorded but since dropped from the ring (the oldest)."""
-        with self._lock:
-            return self._tasks_seen - len(self._tasks)
+        rows = _copy(self._tasks)
+        return max(row[0] for row in rows) - len(rows) if rows else 0
 
     @property
     def dropped_samples(self) -> int:
         """Device readings recorded but since dropped from the ring (the oldest)."""
-        with self._lock:
-            return self._samples_seen - len(self._samples)
+        return max(self._samples_seen - len(self._samples), 0)
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -200,12 +206,11 @@ class Timeline:
 
     def tasks(self) -> list[TaskWindow]:
         """The task windows kept, running tasks included (``end`` ``None``), by start."""
-        with self._lock:
-            rows = list(self._tasks)
-            running = list(self._running.values())
+        rows = _copy(self._tasks)
+        running = _copy(self._running)
         self._report_pending()
         windows = []
-        for service, name, start, end, final, concurrency, error in rows:
+        for _, service, name, start, end, final, concurrency, error in rows:
             gpu_ms, gpu_util_ms, energy_mj, status, coverage = final
             windows.append(
                 TaskWindow(
@@ -238,8 +243,7 @@ class Timeline:
         ids = [info.id for info in self._devices]
         if device is not None and device not in ids:
             raise ValueError(f"device={device!r}: not a recorded device ({', '.join(ids)})")
-        with self._lock:
-            rows = list(self._samples)
+        rows = _copy(self._samples)
         self._report_pending()
         samples = []
         for index, is_power, start, end, value, inferred in rows:
@@ -264,10 +268,10 @@ class Timeline:
 
     def clear(self) -> None:
         """Forget what was recorded; running tasks stay, and are recorded when they end."""
-        with self._lock:
-            self._tasks.clear()
-            self._samples.clear()
-            self._tasks_seen = self._samples_seen = 0
+        self._tasks.clear()
+        self._task_numbers = itertools.count(1)
+        self._samples.clear()
+        self._samples_seen = 0
 
     def to_trace(self) -> dict[str, Any]:
         """The timeline as a Chrome Trace Event / Perfetto JSON object.
@@ -334,8 +338,7 @@ class Timeline:
         )
 
     def __repr__(self) -> str:
-        with self._lock:
-            tasks, samples, running = len(self._tasks), len(self._samples), len(self._running)
+        tasks, samples, running = len(self._tasks), len(self._samples), len(self._running)
         return (
             f"<Timeline tasks={tasks}/{self._max_tasks} samples={samples}/{self._max_samples} "
             f"running={running}>"
@@ -371,46 +374,41 @@ class Timeline:
 
     def _unbind(self) -> None:
         """Recording stopped: tasks running now will not be seen ending, so they are let go."""
-        with self._lock:
-            self._running.clear()
+        self._running.clear()
 
     def _task_started(self, handle: TaskHandle) -> None:
         """A start listener: the task shows as running until it ends."""
         try:
-            with self._lock:
-                self._running[id(handle)] = handle
+            self._running.add(handle)
         except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
             self._report(exc)
 
     def _task_ended(self, handle: TaskHandle) -> None:
         """An end listener (figures final): the task's window goes into the ring."""
         try:
+            self._running.discard(handle)
             final = handle._final
             start, end = handle.start_time, handle.end_time
-            if final is INHERITED or end is None or math.isnan(start):
-                # Begun before a fork (the child starts empty), or never opened.
-                row = None
-            else:
-                if final is None:  # its end met a fault in the ledger: no figures
-                    final = _UNKNOWN
+            # Not begun before a fork (the child starts empty), and opened (a
+            # start that met a fault has no time: NaN is not equal to itself).
+            if final is not INHERITED and end is not None and start == start:  # noqa: PLR0124
                 error = handle.error
-                row = (
-                    handle.service,
-                    handle._spec.name,
-                    start,
-                    end,
-                    final,
-                    handle.concurrency,
-                    None if error is None else error_type(error),
+                self._tasks.append(
+                    (
+                        next(self._task_numbers),
+                        handle.service,
+                        handle._spec.name,
+                        start,
+                        end,
+                        _UNKNOWN if final is None else final,  # None: its end met a fault
+                        handle.concurrency,
+                        None if error is None else error_type(error),
+                    )
                 )
-            with self._lock:
-                self._running.pop(id(handle), None)
-                if row is not None:
-                    self._tasks.append(row)
-                    self._tasks_seen += 1
         except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
             self._report(exc)
-        self._report_pending()
+        if self._pending_fault is not None:
+            self._report_pending()
 
     def _sample(
         self,
@@ -423,19 +421,18 @@ class Timeline:
     ) -> None:
         """The channels' sample sink: runs under the ledger lock; must not raise or log."""
         try:
-            with self._lock:
-                self._samples.append((device, is_power, start, end, value, inferred))
-                self._samples_seen += 1
+            self._samples.append((device, is_power, start, end, value, inferred))
+            self._samples_seen += 1  # the ledger lock orders every sink call
         except Exception as exc:  # noqa: BLE001 - reported later, outside the ledger lock
             self._pending_fault = exc
 
     def _after_fork_in_child(self) -> None:
         """A forked child starts empty (the lock may have been held by another thread)."""
-        self._lock = threading.Lock()
         self._tasks = deque(maxlen=self._max_tasks)
+        self._task_numbers = itertools.count(1)
         self._samples = deque(maxlen=self._max_samples)
-        self._running = {}
-        self._tasks_seen = self._samples_seen = 0
+        self._samples_seen = 0
+        self._running = set()
         self._pending_fault = None
 
     # -- helpers -------------------------------------------------------------------------
@@ -484,6 +481,23 @@ class Timeline:
 
 def _by_start(window: TaskWindow) -> float:
     return window.start
+
+
+_T = TypeVar("_T")
+
+
+def _copy(items: Iterable[_T]) -> list[_T]:
+    """A copy of a ring or set that other threads append to without a lock.
+
+    With the GIL, ``list()`` of a deque or a set runs in C without a switch
+    of thread, so it sees no change halfway; where another thread could
+    change it meanwhile (a build without the GIL), the copy is taken again.
+    """
+    while True:
+        try:
+            return list(items)
+        except RuntimeError:  # pragma: no cover - changed during the copy (no GIL)
+            continue
 
 
 def hooks(

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -507,6 +508,25 @@ def test_rings_keep_the_newest_and_count_what_they_dropped(gpu: SimulatedGpu, cl
         validate(trace)
         assert trace["otherData"]["dropped_tasks"] == 2
         assert trace["otherData"]["dropped_samples"] == 10
+
+
+def test_threads_recording_at_once_lose_nothing():
+    timeline = Timeline(max_tasks=100)
+    with Tracker(backend="none", threaded=False, timeline=timeline) as tracker:
+
+        def work(service: str) -> None:
+            for _ in range(500):
+                with tracker.gpu_task(service):
+                    pass
+
+        threads = [threading.Thread(target=work, args=(f"s{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(timeline.tasks()) == 100
+        assert timeline.dropped_tasks == 8 * 500 - 100
+        assert sum(s.task_count for s in tracker.stats().values()) == 8 * 500
 
 
 def test_memory_stays_within_the_documented_bound(clock: FakeClock):
