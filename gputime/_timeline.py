@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from gputime import _validate
 from gputime._emitter import error_type
-from gputime._figures import INHERITED, Figures, FiguresTuple
+from gputime._figures import INHERITED, DeviceFigures, Figures, FiguresTuple, PerDevice, Profile
 from gputime._types import Clock, Status
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class TaskWindow(NamedTuple):
         concurrency: Running tasks of its service when it began, itself included.
         error: ``error.type`` of the exception the task raised (the fully
             qualified class name), ``None`` if it returned or was cancelled.
+        devices: The task's figures per tracked device id (``TaskHandle.devices``).
     """
 
     service: str
@@ -85,6 +86,7 @@ class TaskWindow(NamedTuple):
     coverage: float
     concurrency: int
     error: str | None
+    devices: dict[str, DeviceFigures]
 
     @property
     def running(self) -> bool:
@@ -120,7 +122,7 @@ _UNKNOWN: FiguresTuple = (0.0, 0.0, None, "partial", 0.0)
 
 # What the rings hold: plain tuples, cheapest to make on the recording paths.
 # A task row starts with its number (1, 2, ...), which counts what the ring dropped.
-_TaskRow = tuple[int, str, "str | None", float, float, FiguresTuple, int, "str | None"]
+_TaskRow = tuple[int, str, "str | None", float, float, FiguresTuple, PerDevice, int, "str | None"]
 _SampleRow = tuple[int, bool, float, float, "float | None", bool]
 
 
@@ -170,6 +172,7 @@ class Timeline:
         # Set when attached (see _bind): the tracker's devices, clock, faults.
         self._owner: weakref.ref[object] | None = None
         self._devices: tuple[DeviceInfo, ...] = ()
+        self._profile: Profile | None = None
         self._clock: Clock = time.monotonic
         self._faults: FaultLog | None = None
         # A fault met under the ledger lock, where nothing may be logged:
@@ -210,7 +213,8 @@ class Timeline:
         running = _copy(self._running)
         self._report_pending()
         windows = []
-        for _, service, name, start, end, final, concurrency, error in rows:
+        profile = self._profile
+        for _, service, name, start, end, final, per_device, concurrency, error in rows:
             gpu_ms, gpu_util_ms, energy_mj, status, coverage = final
             windows.append(
                 TaskWindow(
@@ -225,6 +229,7 @@ class Timeline:
                     coverage,
                     concurrency,
                     error,
+                    {} if profile is None else profile.devices(final, per_device),
                 )
             )
         for handle in running:
@@ -354,21 +359,18 @@ class Timeline:
         self,
         owner: object,
         devices: Sequence[DeviceInfo],
+        profile: Profile,
         clock: Clock,
         faults: FaultLog,
     ) -> None:
-        """Attach to one tracker: its devices (in channel order), clock and fault log.
+        """Attach to one tracker: its devices (in channel order), profile, clock and fault log.
 
-        Raises:
-            ValueError: It records another tracker's history.
+        A timeline is one tracker's for life (devices and clocks differ between
+        trackers): the tracker refuses one that :meth:`_taken` says is another's.
         """
-        # One tracker's history for life: devices and clocks differ between trackers.
-        if self._owner is not None and self._owner() is not owner:
-            raise ValueError(
-                "timeline: this Timeline records another tracker; make one per tracker"
-            )
         self._owner = weakref.ref(owner)
         self._devices = tuple(devices)
+        self._profile = profile
         self._clock = clock
         self._faults = faults
 
@@ -401,6 +403,7 @@ class Timeline:
                         start,
                         end,
                         _UNKNOWN if final is None else final,  # None: its end met a fault
+                        handle._final_devices,
                         handle.concurrency,
                         None if error is None else error_type(error),
                     )
@@ -455,6 +458,7 @@ class Timeline:
                 figures.coverage,
                 handle.concurrency,
                 None,
+                handle.devices,
             )
         except Exception as exc:  # noqa: BLE001 - an export must not fail for one task
             self._report(exc)

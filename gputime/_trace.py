@@ -99,19 +99,18 @@ def chrome_trace(
     for (device_id, quantity), readings in series.items():
         name, key = UTILIZATION if quantity == "utilization" else POWER
         pid_ = device_pids[device_id]
-        last_end: int | None = None
+        last_end = ns(readings[0].start)  # a series has one reading at least
         for sample in readings:
             start, end = ns(sample.start), ns(sample.end)
-            if last_end is not None and start > last_end:
+            if start > last_end:
                 events.append((last_end, order, _counter(pid_, name, key, last_end, 0)))
                 order += 1
             value = sample.value if sample.value is not None else 0
             events.append((start, order, _counter(pid_, name, key, start, value)))
             order += 1
-            last_end = end if last_end is None or end > last_end else last_end
-        if last_end is not None:
-            events.append((last_end, order, _counter(pid_, name, key, last_end, 0)))
-            order += 1
+            last_end = max(end, last_end)
+        events.append((last_end, order, _counter(pid_, name, key, last_end, 0)))
+        order += 1
 
     # Slices, lane by lane.
     tid = pid  # lane thread ids follow every process id
@@ -225,6 +224,18 @@ def _slice(pid: int, tid: int, start: int, end: int, window: TaskWindow) -> dict
         args["energy_mj"] = window.energy_mj
     if window.error is not None:
         args["error.type"] = window.error
+    if len(window.devices) > 1:
+        # Per device where there are several (with one, they are the totals).
+        args["devices"] = {
+            device: {
+                "gpu_ms": figures.gpu_ms,
+                "gpu_util_ms": figures.gpu_util_ms,
+                **({} if figures.energy_mj is None else {"energy_mj": figures.energy_mj}),
+                "status": figures.status,
+                "coverage": figures.coverage,
+            }
+            for device, figures in window.devices.items()
+        }
     if window.end is None:
         args["running"] = True
     return {

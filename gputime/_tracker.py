@@ -275,9 +275,15 @@ class Tracker:
         return listener
 
     def _adopt_listeners(self, old: Tracker) -> None:
-        """Take over ``old``'s listeners, ahead of any of our own (``configure()``)."""
-        self._start_listeners = _merged(old._start_listeners, self._start_listeners)
-        self._end_listeners = _merged(old._end_listeners, self._end_listeners)
+        """Take over ``old``'s listeners, ahead of any of our own (``configure()``).
+
+        Not those that feed ``old``'s timeline: a timeline is one tracker's.
+        """
+        hooks = old._timeline_hooks or ()
+        starts = tuple(f for f in old._start_listeners if f not in hooks)
+        ends = tuple(f for f in old._end_listeners if f not in hooks)
+        self._start_listeners = _merged(starts, self._start_listeners)
+        self._end_listeners = _merged(ends, self._end_listeners)
 
     @property
     def timeline(self) -> Timeline | None:
@@ -368,7 +374,7 @@ class Tracker:
         Nothing is added to the task path: the listener tuples are checked
         there already, and the channels check their sink per credited reading.
         """
-        timeline._bind(self, self._reader.measured, self.clock, self._faults)
+        timeline._bind(self, self._reader.measured, self._ledger.profile, self.clock, self._faults)
         installed = self._timeline_hooks = hooks(timeline)
         started, ended, sink = installed
         self._timeline = timeline

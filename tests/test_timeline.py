@@ -128,6 +128,10 @@ def test_task_windows_carry_their_figures(recorded: Tracker, gpu: SimulatedGpu, 
     assert tasks[0].gpu_ms == pytest.approx(1000.0)
     assert tasks[0].status == "ok"
     assert [w.error for w in tasks] == [None, f"{__name__}.JobError", "ValueError"]
+    trace = timeline_of(recorded).to_trace()
+    validate(trace)
+    errors = [e["args"].get("error.type") for e in slices(trace)]
+    assert errors == [None, f"{__name__}.JobError", "ValueError"]
 
 
 def test_cancellation_is_no_error(recorded: Tracker, clock: FakeClock):
@@ -326,6 +330,64 @@ def test_two_devices_two_counter_tracks(clock: FakeClock):
         for event in counters(trace):
             by_pid.setdefault(event["pid"], set()).add(event["args"]["percent"])
         assert by_pid == {1: {30.0, 0}, 2: {90.0, 0}}
+
+
+def test_per_device_figures_of_each_task(clock: FakeClock):
+    gpu = SimulatedGpu(devices=2, clock=clock)
+    with Tracker(backend=gpu, threaded=False, timeline=True) as tracker:
+        gpu.set_utilization(100, device=0)
+        gpu.set_utilization(50, device=1)
+        with tracker.gpu_task("nmt") as task:
+            clock.advance(0.5)
+            gpu.fail_reads(1, device=1)  # the exit read of SIM-1 fails
+        running = tracker.start_task("tts")
+        clock.advance(0.5)
+        timeline = timeline_of(tracker)
+        done, live = timeline.tasks()
+        assert done.devices == task.devices
+        assert done.devices["SIM-0"].status == "ok"
+        assert done.devices["SIM-1"].status == "partial"
+        assert live.running
+        assert live.devices == running.devices
+        trace = timeline.to_trace()
+        validate(trace)
+        args = slices(trace)[0]["args"]
+        assert args["devices"] == {
+            "SIM-0": {
+                "gpu_ms": pytest.approx(500.0),
+                "gpu_util_ms": pytest.approx(500.0),
+                "status": "ok",
+                "coverage": 1.0,
+            },
+            "SIM-1": {
+                "gpu_ms": task.devices["SIM-1"].gpu_ms,
+                "gpu_util_ms": task.devices["SIM-1"].gpu_util_ms,
+                "status": "partial",
+                "coverage": task.devices["SIM-1"].coverage,
+            },
+        }
+        running.end()
+
+
+def test_one_device_has_no_per_device_arguments(recorded: Tracker, clock: FakeClock):
+    with recorded.gpu_task("nmt") as task:
+        clock.advance(0.5)
+    (window,) = timeline_of(recorded).tasks()
+    assert window.devices == task.devices
+    assert list(window.devices) == ["SIM-0"]
+    assert "devices" not in slices(timeline_of(recorded).to_trace())[0]["args"]
+
+
+def test_energy_per_device_in_the_arguments(clock: FakeClock):
+    gpu = SimulatedGpu(devices=2, clock=clock, measure_energy=True)
+    with Tracker(backend=gpu, threaded=False, timeline=True) as tracker:
+        gpu.set_power(100.0, device=0)
+        gpu.set_power(200.0, device=1)
+        with tracker.gpu_task("nmt"):
+            clock.advance(0.5)
+        args = slices(timeline_of(tracker).to_trace())[0]["args"]
+    assert args["devices"]["SIM-0"]["energy_mj"] == pytest.approx(50_000.0)
+    assert args["devices"]["SIM-1"]["energy_mj"] == pytest.approx(100_000.0)
 
 
 def test_power_in_watts_on_a_counter_track_of_its_own(clock: FakeClock):
@@ -588,6 +650,25 @@ def test_a_task_running_when_recording_stops_is_let_go(recorded: Tracker, clock:
     assert timeline.tasks() == []
 
 
+def test_configure_carries_listeners_over_but_not_a_timeline(clock: FakeClock):
+    gpu = SimulatedGpu(clock=clock)
+    seen: list[str] = []
+    old = gputime.configure(backend=gpu, threaded=False, timeline=True)
+    old.on_task_end(lambda task: seen.append(task.service))
+    new = gputime.configure(backend=gpu, threaded=False)
+    with gputime.gpu_task("nmt"):
+        clock.advance(0.5)
+    assert seen == ["nmt"]  # the user's listener came along
+    assert new.timeline is None
+    assert timeline_of(old).tasks() == []  # the old tracker's timeline saw nothing
+    assert new._ledger.channels.on_sample is None
+    newest = gputime.configure(backend=gpu, threaded=False, timeline=True)
+    with gputime.gpu_task("tts"):
+        clock.advance(0.5)
+    assert [w.service for w in timeline_of(newest).tasks()] == ["tts"]
+    assert seen == ["nmt", "tts"]
+
+
 def test_a_timeline_records_one_tracker(gpu: SimulatedGpu):
     timeline = Timeline()
     with (
@@ -670,6 +751,43 @@ def test_recorder_faults_are_logged_never_raised(
     faults = [r for r in caplog.records if "timeline failed" in r.getMessage()]
     assert len(faults) == 1  # once per kind: MemoryError from the sink, then the ring
     assert "MemoryError" in faults[0].getMessage()
+
+
+def test_faults_at_a_task_start_and_at_export_are_logged(
+    recorded: Tracker,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    timeline = timeline_of(recorded)
+
+    class Full(set):  # type: ignore[type-arg]
+        def add(self, item: object) -> None:
+            raise MemoryError("full")
+
+    monkeypatch.setattr(timeline, "_running", Full())
+    with caplog.at_level(logging.WARNING, logger="gputime"):
+        task = recorded.start_task("nmt")  # not shown running: logged, not raised
+    assert timeline.tasks() == []
+    monkeypatch.undo()
+    timeline._task_started(task)
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("figures")
+
+    monkeypatch.setattr(recorded._ledger, "_live_figures", broken)
+    with caplog.at_level(logging.WARNING, logger="gputime"):
+        assert timeline.tasks() == []  # a running task whose figures fail is left out
+    messages = [r.getMessage() for r in caplog.records if "timeline failed" in r.getMessage()]
+    assert len(messages) == 2
+    assert "MemoryError" in messages[0]
+    assert "RuntimeError" in messages[1]
+    monkeypatch.undo()
+    task.end()
+
+
+def test_an_unattached_timeline_has_nowhere_to_report():
+    Timeline()._report(RuntimeError("nowhere"))  # nothing to log to, nothing raised
 
 
 def test_a_sink_fault_is_reported_outside_the_ledger_lock(

@@ -119,3 +119,35 @@ def test_an_empty_timeline_still_draws(tmp_path: Path):
     png_size(tmp_path / "empty.png")
     texts = [t.get_text() for axes in figure.axes for t in axes.texts]
     assert texts == ["no device readings", "no tasks"]
+
+
+def test_gaps_and_a_failing_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    clock = FakeClock()
+    gpu = SimulatedGpu(clock=clock)
+    with Tracker(backend=gpu, threaded=False, timeline=True) as tracker:
+        gpu.set_utilization(80)
+        for _ in range(2):
+            with tracker.gpu_task("nmt"):
+                clock.advance(0.5)
+            clock.advance(1.0)
+            tracker.poll()
+            clock.advance(2.0)  # nothing is read until the next task
+        tracker.start_task("tts")  # running: ends at the newest record
+        timeline = tracker.timeline
+        assert timeline is not None
+
+        def failing() -> float:
+            raise RuntimeError("clock gone")
+
+        monkeypatch.setattr(timeline, "_clock", failing)
+        figure = timeline.plot(tmp_path / "gaps.png")
+    utilisation = figure.axes[0]
+    assert len(utilisation.patches) == 2  # two stretches of readings: two stairs
+    png_size(tmp_path / "gaps.png")
+
+
+def test_devices_without_readings(tmp_path: Path):
+    with Tracker(backend=SimulatedGpu(), threaded=False, timeline=True) as tracker:
+        assert tracker.timeline is not None
+        figure = tracker.timeline.plot(tmp_path / "idle.png")
+    assert figure.axes[0].get_legend() is None  # nothing drawn, nothing to name
