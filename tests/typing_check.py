@@ -13,10 +13,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any, Literal
 
+from matplotlib.figure import Figure
 from typing_extensions import assert_type
 
 import gputime
-from gputime import DeviceFigures, ServiceStats, TaskHandle, Tracker, gpu_task
+from gputime import (
+    DeviceFigures,
+    DeviceSample,
+    ServiceStats,
+    TaskHandle,
+    TaskWindow,
+    Timeline,
+    Tracker,
+    gpu_task,
+)
 
 
 @gpu_task("nmt")
@@ -93,6 +103,19 @@ def check() -> None:
     )
     gputime.configure(backend="none", metrics_per_device=True)
 
+    timeline = tracker.record_timeline(max_tasks=100)
+    assert_type(timeline, Timeline)
+    assert_type(tracker.timeline, Timeline | None)
+    assert_type(tracker.stop_timeline(), Timeline | None)
+    assert_type(timeline.tasks(), list[TaskWindow])
+    assert_type(timeline.tasks()[0].end, float | None)
+    assert_type(timeline.samples("SIM-0")[0].value, float | None)
+    assert_type(timeline.samples()[0], DeviceSample)
+    assert_type(timeline.to_trace(), dict[str, Any])
+    assert_type(timeline.plot(), Figure)
+    Tracker(backend="none", timeline=Timeline(max_samples=1000))
+    gputime.configure(backend="none", timeline=True)
+
 
 async def acheck() -> None:
     async with gpu_task("tts") as task:
@@ -121,4 +144,6 @@ def misspelt_arguments_are_type_errors() -> None:
     # Spelled-out keywords: a misspelt one fails type checking, not only at run time.
     gputime.configure(intervall=0.5)  # type: ignore[call-arg]
     Tracker(backend="none").gpu_task("nmt", nmae="x")  # type: ignore[call-arg]
+    Tracker(backend="none", timeline="yes")  # type: ignore[arg-type]
+    Timeline(max_task=5)  # type: ignore[call-arg]
     assert_type(Tracker(backend="none").gpu_task("nmt", name="x", span=False), gpu_task)
