@@ -25,7 +25,8 @@ Judged, in the default configuration (``threaded=True``, the default tracker):
 * ``import gputime``: at most 1.2x ``import opentelemetry.trace`` alone
   (``python -X importtime``, fresh interpreters, bytecode cached).
 
-``threaded=False`` rows are extras, never judged.
+``threaded=False`` rows and the timeline rows (a recorder on: its cost on the task
+path against the same tracker without one) are extras, never judged.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _cases(nvml: _Nvml) -> tuple[list[Case], list[Any], dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-    from gputime import Tracker, gpu_task
+    from gputime import Timeline, Tracker, gpu_task
     from gputime.testing import SimulatedGpu
 
     def passthrough(func: Callable[[], Any]) -> Callable[[], Any]:
@@ -111,6 +112,9 @@ def _cases(nvml: _Nvml) -> tuple[list[Case], list[Any], dict[str, Any]]:
     nvml_tracker = Tracker(backend=nvml.backend, clock=nvml.double.clock)
     none_unthreaded = Tracker(backend="none", threaded=False)
     sim_unthreaded = Tracker(backend=SimulatedGpu(), threaded=False)
+    # A timeline recorded (off by default): its cost on the task path when on.
+    none_timeline = Tracker(backend="none", timeline=Timeline(max_tasks=1000))
+    sim_timeline = Tracker(backend=SimulatedGpu(), timeline=Timeline(max_tasks=1000))
 
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SpanProcessor())  # records; exports nothing
@@ -196,6 +200,18 @@ def _cases(nvml: _Nvml) -> tuple[list[Case], list[Any], dict[str, Any]]:
             HIST,
             None,
         ),
+        (
+            "extra: none, timeline on",
+            gpu_task("bench", tracker=none_timeline)(_empty),
+            "gputime none",
+            None,
+        ),
+        (
+            "extra: SimulatedGpu, timeline on",
+            gpu_task("bench", tracker=sim_timeline)(_empty),
+            SIM,
+            None,
+        ),
     ]
     closers = [
         none_tracker,
@@ -204,6 +220,8 @@ def _cases(nvml: _Nvml) -> tuple[list[Case], list[Any], dict[str, Any]]:
         nvml_tracker,
         none_unthreaded,
         sim_unthreaded,
+        none_timeline,
+        sim_timeline,
         sdk_tracker,
         sdk_metrics_tracker,
     ]
