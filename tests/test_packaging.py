@@ -11,7 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {"nvidia-ml-py", "wrapt", "opentelemetry-api"}
 #: Extras whose own floor the floor job installs too: the tests of what they add run there.
-EXTRAS_AT_FLOOR = {"celery": "celery"}
+EXTRAS_AT_FLOOR = {"celery": "celery", "plot": "matplotlib"}
+#: Pins that hold an extra's floor release to what it was built against.
+BUILT_AGAINST = {"numpy"}
 
 
 def _project() -> dict[str, Any]:
@@ -54,7 +56,9 @@ def test_the_floor_constraints_pin_the_declared_floors():
         assert pins[name].split(".")[: len(declared)] == declared, (name, floor, pins[name])
     # The tests' SDK at the API's floor: each SDK release requires its own API release.
     assert pins["opentelemetry-sdk"] == pins["opentelemetry-api"]
-    assert set(pins) == RUNTIME | {"opentelemetry-sdk"} | set(EXTRAS_AT_FLOOR.values())
+    assert set(pins) == (
+        RUNTIME | {"opentelemetry-sdk"} | set(EXTRAS_AT_FLOOR.values()) | BUILT_AGAINST
+    )
 
 
 @pytest.mark.parametrize(("extra", "name"), sorted(EXTRAS_AT_FLOOR.items()))

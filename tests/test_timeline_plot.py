@@ -71,7 +71,7 @@ def test_plot_writes_a_png(tmp_path: Path):
     assert 300 < height < 1000
     assert 10_000 < path.stat().st_size < 200_000
     utilisation, tasks = figure.axes[:2]
-    assert figure.get_suptitle() == "a test"
+    assert figure._suptitle.get_text() == "a test"
     assert utilisation.get_ylabel() == "GPU utilisation %"
     assert [label.get_text() for label in tasks.get_yticklabels()] == [
         "nmt",
@@ -100,7 +100,7 @@ def test_plot_without_a_path_only_returns_the_figure(tmp_path: Path):
         assert tracker.timeline is not None
         figure = tracker.timeline.plot()
     assert isinstance(figure, Figure)
-    assert figure.get_suptitle() == "gputime timeline"
+    assert figure._suptitle.get_text() == "gputime timeline"
     assert list(tmp_path.iterdir()) == []
 
 
