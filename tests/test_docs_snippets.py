@@ -46,6 +46,7 @@ OPTIONAL = (
     "prometheus_client",
     "starlette",
     "celery",
+    "matplotlib",
 )
 
 #: Seconds one block may take.
