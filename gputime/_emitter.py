@@ -94,9 +94,9 @@ class Emitter:
         self._tracer: Tracer | None = None
         self._tracer_pending = False
         self._metrics_pending = member is not None and metrics_pending
-        self.histogram: Histogram | None = (
-            member.metric_set.histogram if member is not None and not metrics_pending else None
-        )
+        self.histogram: Histogram | None = None
+        if member is not None and not metrics_pending:
+            self.histogram = member.metric_set.duration.instrument
         try:
             self._init_tracing(tracer_provider)
         except Exception as exc:  # noqa: BLE001 - a broken SDK must not break Tracker()
@@ -143,9 +143,9 @@ class Emitter:
                 self._metrics_pending = True
                 return
             assert member is not None  # pending only with a member
-            metric_set = member.metric_set
-            self.histogram = metric_set.use_real_meter(provider)
-            metric_set.check_buckets_advised()
+            duration = member.metric_set.duration
+            self.histogram = duration.use_real_meter(provider)
+            duration.check_buckets_advised()
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._faults.report("otel.meter", exc)
 

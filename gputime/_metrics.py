@@ -26,37 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from gputime import _fork, _providers
 from gputime._faults import FaultLog, log_once
+from gputime._histogram import DurationHistogram
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
     from opentelemetry.util.types import AttributeValue
 
     from gputime._figures import DeviceFigures, ServiceStats
-
-#: Bucket boundaries of ``gputime.task.duration`` in seconds: GPU tasks run from
-#: a few milliseconds (one kernel batch) to minutes (a long synthesis or a
-#: training step), so the buckets step 1-2.5-5 from 1 ms to 10 s and then
-#: widen to 10 minutes.
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
 
 #: How many distinct service names get their own metric series per meter
 #: provider; later ones share the overflow series. Override with the
@@ -249,9 +225,8 @@ class MetricSet:
         # asks takes it, the others reuse it.
         self._snapshot: tuple[Totals, dict[SeriesKey, int]] | None = None
         self._served: set[int] = set()
-        #: Whether the histogram's meter took DURATION_BUCKETS as advice.
-        self.buckets_advised = True
-        self.histogram = self._make_histogram(meter)
+        #: ``gputime.task.duration``, which the emitter records on.
+        self.duration = DurationHistogram(meter)
         for name, column, unit, description in (
             (
                 "gputime.gpu.busy_time",
@@ -282,55 +257,6 @@ class MetricSet:
             unit="{task}",
             description="Tasks of the service running now",
         )
-
-    # -- the duration histogram ----------------------------------------------------------
-
-    def _make_histogram(self, meter: Meter) -> Histogram:
-        name, unit = "gputime.task.duration", "s"
-        description = "Duration of the service's tasks, on the tracker's clock"
-        try:
-            histogram = meter.create_histogram(
-                name,
-                unit=unit,
-                description=description,
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-            )
-        except TypeError:
-            # opentelemetry-api/sdk < 1.30 (or a meter of another make) takes no
-            # bucket advice: the SDK's default buckets, made for milliseconds,
-            # put every task under 5 s in one bucket. check_buckets_advised()
-            # says so once an SDK records.
-            self.buckets_advised = False
-            return meter.create_histogram(name, unit=unit, description=description)
-        self.buckets_advised = True
-        return histogram
-
-    def check_buckets_advised(self) -> None:
-        """Warn once per process when the recording meter took no bucket advice.
-
-        Called where the histogram is bound to a recording meter (never under a
-        lock, never from the garbage collector).
-        """
-        if not self.buckets_advised:
-            log_once(
-                "bucket-advice",
-                logging.WARNING,
-                "gputime: this OpenTelemetry meter takes no bucket advice (opentelemetry-api "
-                "and -sdk < 1.30): gputime.task.duration gets the SDK's default buckets, "
-                "which put every task under 5 s in one bucket. Upgrade to 1.30 or later, "
-                "or give the SDK's MeterProvider a View with gputime's buckets "
-                "(docs/compatibility.md).",
-            )
-
-    def use_real_meter(self, provider: MeterProvider) -> Histogram:
-        """The global SDK arrived: record on its histogram directly, not through the proxy."""
-        meter = provider.get_meter(_providers.SCOPE, _providers.VERSION)
-        if isinstance(meter, _providers.load_metrics().NoOpMeter):
-            self.buckets_advised = True  # nothing records: no buckets to be wrong
-            return self.histogram
-        # The SDK already made this instrument for the proxy: it hands back the same one.
-        self.histogram = self._make_histogram(meter)
-        return self.histogram
 
     # -- members and series ----------------------------------------------------------------
 
@@ -539,13 +465,13 @@ def join(
     metric_set = MetricSet.for_provider(key, meter)
     member = Member(metric_set, totals, faults, per_device)
     if not is_global:
-        metric_set.check_buckets_advised()
+        metric_set.duration.check_buckets_advised()
         return member, False
     if global_provider is None:
         return member, True
     # The set may have been made on the proxy meter before the SDK came.
-    metric_set.use_real_meter(global_provider)
-    metric_set.check_buckets_advised()
+    metric_set.duration.use_real_meter(global_provider)
+    metric_set.duration.check_buckets_advised()
     return member, False
 
 

@@ -36,7 +36,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.util._once import Once
 from opentelemetry.version import __version__ as api_version
 
-from gputime import Tracker, _faults, _metrics, _providers
+from gputime import Tracker, _faults, _histogram, _metrics, _providers
 from gputime.testing import FakeClock, SimulatedGpu
 from tests.otel_sdk import Sdk
 
@@ -344,7 +344,7 @@ def test_the_buckets_are_advised(
     reader = InMemoryMetricReader()
     with caplog.at_level(logging.WARNING, logger="gputime"):
         _record_one_task(MeterProvider(metric_readers=[reader]), clock)
-    assert _duration_bounds(reader) == _metrics.DURATION_BUCKETS
+    assert _duration_bounds(reader) == _histogram.DURATION_BUCKETS
     assert _advice_warnings(caplog) == []
 
 
@@ -376,7 +376,7 @@ def test_the_documented_view_gives_the_buckets_back(
     reader = InMemoryMetricReader()
     provider = _ProviderWithoutAdvice(MeterProvider(metric_readers=[reader], views=[view]))
     _record_one_task(provider, clock)
-    assert _duration_bounds(reader) == _metrics.DURATION_BUCKETS
+    assert _duration_bounds(reader) == _histogram.DURATION_BUCKETS
 
 
 def test_a_global_sdk_warns_exactly_where_the_api_takes_no_advice(
