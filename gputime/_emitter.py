@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from gputime._faults import FaultLog
     from gputime._handle import TaskHandle
-    from gputime._metrics import Member
+    from gputime._member import Member
 
 #: What a task keeps of its span: the span, and for a span made current the
 #: token and the context that ``attach`` was given (else ``None`` twice).

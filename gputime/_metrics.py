@@ -3,9 +3,9 @@
 Metrics read the services' totals from observable instruments, at collection
 time, so the GPU time of a long-running task shows as the sampler ingests it,
 counted once however many tasks of the service overlap. Counters must never go
-down, but ``reset(service)`` zeroes the ledger: each tracker's :class:`Member`
-keeps, per service, an offset that carries what was counted before every reset
-(see :meth:`Member.reset` and ``docs/opentelemetry.md``).
+down, but ``reset(service)`` zeroes the ledger: each tracker's
+:class:`~gputime._member.Member` carries what was counted before every reset
+and hands its totals over monotonic.
 
 The instruments of one meter provider are shared by every tracker that uses it
 (an SDK meter hands back the first instrument of a name and drops the callbacks
@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from gputime import _fork, _providers
 from gputime._faults import FaultLog, log_once
 from gputime._histogram import DurationHistogram
+from gputime._member import BUSY, ENERGY, UTIL, Member
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
     from opentelemetry.util.types import AttributeValue
 
-    from gputime._figures import DeviceFigures, ServiceStats
+    from gputime._figures import ServiceStats
 
 #: How many distinct service names get their own metric series per meter
 #: provider; later ones share the overflow series. Override with the
@@ -49,8 +50,8 @@ _OVERFLOW_ATTRIBUTES: Mapping[str, AttributeValue] = {
     "otel.metric.overflow": True,
 }
 
-#: Columns of a series' values, and the running-task count.
-_BUSY, _UTIL, _ENERGY, _ACTIVE = 0, 1, 2, 3
+#: The column of the running-task count, after a counter series' (busy, util, energy).
+_ACTIVE = 3
 
 #: The attribute that names the device of a per-device series, as in
 #: OpenTelemetry's ``hw.gpu.*`` semantic conventions (joins with DCGM series).
@@ -82,108 +83,6 @@ def _max_services() -> int:
         )
         return MAX_SERVICES
     return value
-
-
-class Member:
-    """One tracker's part in a metric set: its totals, carried across resets.
-
-    Args:
-        metric_set: The instruments of the tracker's meter provider.
-        totals: The tracker's service figures (the ledger's ``stats``, never
-            ``Tracker.stats()``: that may finish deferred task ends, which call
-            into the SDK, and totals are read inside the SDK's collection).
-        faults: Where a failure to read the totals is reported.
-        per_device: Report the counters per device (attribute ``hw.id``)
-            instead of summed over devices.
-    """
-
-    __slots__ = ("__weakref__", "_carry", "_faults", "_totals", "metric_set", "per_device")
-
-    def __init__(
-        self,
-        metric_set: MetricSet,
-        totals: Callable[[], dict[str, ServiceStats]],
-        faults: FaultLog,
-        per_device: bool = False,
-    ) -> None:
-        self.metric_set = metric_set
-        self._totals = totals
-        self._faults = faults
-        self.per_device = per_device
-        # Per (service, device), [offset, last raw total] for busy, util and
-        # energy (see reset()).
-        self._carry: dict[tuple[str, str | None], list[list[float]]] = {}
-        metric_set.join(self)
-
-    def reset(
-        self,
-        service: str | None,
-        ledger_reset: Callable[[str | None], Mapping[str, ServiceStats] | None],
-    ) -> None:
-        """Run the ledger's reset so that the exported counters stay monotonic.
-
-        ``ledger_reset(service)`` zeroes the ledger and returns the snapshots it
-        zeroed (taken under the ledger lock). Their totals are added to this
-        member's per-service offsets while the metric callbacks are held off,
-        so an exported counter goes on from exactly where it was. Without this
-        hook (or if ``ledger_reset`` returns ``None``) a reset is still noticed
-        at the next collection, as a total that went down, and what the service
-        counted between the previous collection and the reset is lost (the
-        counter stays monotonic, it only misses that stretch).
-        """
-        with self.metric_set.lock:
-            zeroed = ledger_reset(service)
-            if not zeroed:
-                return
-            for name, before in zeroed.items():
-                for device, figures in self._series_of(before):
-                    carry = self._carry_of(name, device)
-                    for column, value in enumerate(_milli_totals(figures)):
-                        carry[column][0] += value
-                        carry[column][1] = 0.0
-
-    def _carry_of(self, name: str, device: str | None) -> list[list[float]]:
-        carry = self._carry.get((name, device))
-        if carry is None:
-            carry = self._carry[name, device] = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
-        return carry
-
-    def _series_of(
-        self, snapshot: ServiceStats
-    ) -> Iterable[tuple[str | None, ServiceStats | DeviceFigures]]:
-        """The counter series of one service: per device, or its totals."""
-        if self.per_device and snapshot.devices:
-            return snapshot.devices.items()
-        return ((None, snapshot),)
-
-    def observe(
-        self,
-    ) -> Iterable[tuple[str, list[tuple[str | None, tuple[float, float, float | None]]], int]]:
-        """Per service: per series (device or ``None``) monotonic (busy s, util s,
-        energy J or None), and the service's running tasks.
-
-        Called by the metric set with its lock held.
-        """
-        for name, snapshot in self._totals().items():
-            series = []
-            for device, figures in self._series_of(snapshot):
-                carry = self._carry_of(name, device)
-                out: list[float] = []
-                for column, raw in enumerate(_milli_totals(figures)):
-                    kept = carry[column]
-                    if raw < kept[1]:
-                        # The ledger went down: a reset this member was not
-                        # told about. Keep what was seen before it.
-                        kept[0] += kept[1]
-                    kept[1] = raw
-                    out.append(kept[0] + raw)
-                energy = out[_ENERGY] / 1000.0 if figures.energy_mj is not None else None
-                series.append((device, (out[_BUSY] / 1000.0, out[_UTIL] / 1000.0, energy)))
-            yield name, series, snapshot.active_tasks
-
-    def _after_fork_in_child(self) -> None:
-        # A new process starts at zero: nothing carried over.
-        self._carry = {}
 
 
 class MetricSet:
@@ -230,20 +129,20 @@ class MetricSet:
         for name, column, unit, description in (
             (
                 "gputime.gpu.busy_time",
-                _BUSY,
+                BUSY,
                 "s",
                 "GPU-busy time of the service's tasks, summed over devices "
                 "(time shared by overlapping tasks of one service counted once)",
             ),
             (
                 "gputime.gpu.util_time",
-                _UTIL,
+                UTIL,
                 "s",
                 "Utilisation-weighted GPU time of the service's tasks, summed over devices",
             ),
             (
                 "gputime.gpu.energy",
-                _ENERGY,
+                ENERGY,
                 "J",
                 "GPU energy during the service's tasks, where the backend measures it",
             ),
@@ -346,7 +245,7 @@ class MetricSet:
                     if values[column] >= 0.0:  # energy is -1 where not measured
                         out.append(observation(values[column], self._attributes(counter_key)))
         for member, exc in faults:
-            member._faults.report("otel.metric", exc)
+            member.faults.report("otel.metric", exc)
         self._log_overflow()
         return out
 
@@ -433,7 +332,7 @@ def join(
 ) -> tuple[Member | None, bool]:
     """Join the metric set of ``meter_provider`` (the global one if ``None``).
 
-    ``per_device``: the tracker's counters go per device (see :class:`Member`).
+    ``per_device``: the tracker's counters go per device (see :class:`~gputime._member.Member`).
 
     Returns:
         The tracker's member (``None`` where no meter records: a no-op
@@ -464,6 +363,7 @@ def join(
         return None, False
     metric_set = MetricSet.for_provider(key, meter)
     member = Member(metric_set, totals, faults, per_device)
+    metric_set.join(member)
     if not is_global:
         metric_set.duration.check_buckets_advised()
         return member, False
@@ -477,15 +377,10 @@ def join(
 
 def _add(into: list[float], values: list[float]) -> None:
     """Add busy, util and energy columns; energy -1 means 'not measured'."""
-    into[_BUSY] += values[_BUSY]
-    into[_UTIL] += values[_UTIL]
-    if values[_ENERGY] >= 0.0:
-        into[_ENERGY] = max(into[_ENERGY], 0.0) + values[_ENERGY]
-
-
-def _milli_totals(snapshot: ServiceStats | DeviceFigures) -> tuple[float, float, float]:
-    """A snapshot's busy, util and energy totals, in milli-units."""
-    return snapshot.gpu_ms, snapshot.gpu_util_ms, snapshot.energy_mj or 0.0
+    into[BUSY] += values[BUSY]
+    into[UTIL] += values[UTIL]
+    if values[ENERGY] >= 0.0:
+        into[ENERGY] = max(into[ENERGY], 0.0) + values[ENERGY]
 
 
 def _after_fork_in_child() -> None:

@@ -1,8 +1,9 @@
 """Metrics through the OpenTelemetry SDK, name for name (docs/opentelemetry.md).
 
-Per-service counters that never go down (resets carried), one snapshot per
-export, the duration histogram, providers shared by trackers, the service cap,
-and a forked child's fresh start.
+Per-service counters (their reset carries: tests/test_member.py), one snapshot
+per export, the duration histogram (its bucket advice across API releases:
+tests/test_providers.py), providers shared by trackers, the service cap, and a
+forked child's fresh start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import metrics as otel_metrics
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 import gputime
@@ -165,100 +165,6 @@ class _PoweredSession:
 
     def after_fork(self) -> None:
         pass
-
-
-class TestResetKeepsCountersMonotonic:
-    def test_reset_noticed_at_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        traced.reset("nmt")
-        assert traced.stats("nmt").gpu_ms == 0.0
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.5)
-        assert sdk.value("gputime.gpu.util_time") == pytest.approx(1.5)
-
-    def test_never_decreases_even_when_a_reset_is_missed(
-        self, traced: Tracker, sdk: Sdk, clock, busy
-    ):
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        seen = [sdk.value("gputime.gpu.busy_time")]
-        for seconds in (1.0, 0.25, 2.0):
-            traced.reset()
-            with traced.gpu_task("nmt"):
-                clock.advance(seconds)
-            clock.advance(P)
-            traced.poll()
-            seen.append(sdk.value("gputime.gpu.busy_time"))
-        assert seen == sorted(seen)
-
-    def test_reset_hook_is_exact(self, traced: Tracker, sdk: Sdk, clock, busy):
-        # What Tracker.reset does once wired to the emitter (see the report): the
-        # ledger's reset returns the snapshots it zeroed, under its own lock.
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
-
-        with traced.gpu_task("nmt"):
-            clock.advance(3 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5)
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        # No collection between this growth and the reset, and the growth after the
-        # reset exceeds what was there: only the hook can count it all.
-        traced._member.reset("nmt", ledger_reset)
-        with traced.gpu_task("nmt"):
-            clock.advance(12 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(0.5 + 1.0 + 2.0)
-        traced._member.reset(None, ledger_reset)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(3.5)
-
-    def test_reset_hook_before_any_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
-
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        traced._member.reset("nmt", ledger_reset)
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-
-    def test_reset_without_metrics(self, gpu: SimulatedGpu):
-        with Tracker(backend=gpu, threaded=False, meter_provider=NoOpMeterProvider()) as t:
-            assert t._member is None  # nothing records: no counters to keep monotonic
-            with t.gpu_task("nmt"):
-                pass
-            t.reset("nmt")
-            assert t.stats("nmt").task_count == 0
-
-    def test_reset_hook_tolerates_a_ledger_that_returns_nothing(
-        self, traced: Tracker, sdk: Sdk, clock, busy
-    ):
-        with traced.gpu_task("nmt"):
-            clock.advance(6 * P)
-        clock.advance(P)
-        traced.poll()
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
-        traced._member.reset("nmt", traced._ledger.reset)  # type: ignore[arg-type]
-        assert sdk.value("gputime.gpu.busy_time") == pytest.approx(1.0)
 
 
 class TestSharedProvider:
