@@ -1,40 +1,32 @@
-"""The timeline recorder: what one tracker saw, over time, in bounded memory.
+"""The timeline: what one tracker saw, over time, in bounded memory; read and exported.
 
-A :class:`Timeline` keeps each task's window (start, end, figures, status,
-error, concurrency) and every device reading the ledger credits (utilisation,
-and power where measured), each in a ring of its own, so a burst of tiny tasks
-never pushes the utilisation history out. It is off unless asked for
-(``Tracker(timeline=True)``, ``tracker.record_timeline()``), and off it costs
-nothing: it is fed through the tracker's task listeners (empty tuples
-otherwise) and the channels' sample sink (``None`` otherwise).
+A :class:`Timeline` is what users hold: it reads the task windows (start, end,
+figures, status, error, concurrency) and the device readings (utilisation,
+and power where measured) that its :class:`~gputime._recorder.Recorder`
+keeps in bounded rings, as :class:`TaskWindow` and :class:`DeviceSample`
+records, and exports them (:meth:`Timeline.to_trace`, :meth:`Timeline.plot`,
+with :mod:`gputime._trace` and :mod:`gputime._plot`). It is off unless asked
+for (``Tracker(timeline=True)``, ``tracker.record_timeline()``), and off it
+costs nothing: the recorder is fed through the tracker's task listeners (empty
+tuples otherwise) and the channels' sample sink (``None`` otherwise).
 
-Data still flows one way: the ledger hands the recorder each reading it
-credits, exactly once, under its lock (:data:`gputime._channels.SampleSink`);
-the tracker hands it each task that started or ended, outside every lock. The
-recorder never calls back into the ledger or the tracker, and it never raises
-into either: a fault is reported once on logger ``gputime`` (kind
-``timeline``).
-
-Recording takes no lock of its own: each change is one operation the GIL
-makes atomic, and readings come in under the ledger's lock. Export
-(:meth:`Timeline.to_trace`, :meth:`Timeline.plot`) works on copies of the
-rings, so recording goes on meanwhile.
+Reading works on copies of the rings, so recording goes on meanwhile; the
+rules of the recording side (no lock, nothing raised into the tracker or the
+ledger) are the recorder's (:mod:`gputime._recorder`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from gputime import _validate
-from gputime._emitter import error_type
-from gputime._figures import INHERITED, DeviceFigures, Figures, FiguresTuple, PerDevice, Profile
+from gputime._figures import DeviceFigures, Figures, Profile
+from gputime._recorder import Recorder
 from gputime._types import Clock, Status
 
 if TYPE_CHECKING:
@@ -117,15 +109,6 @@ class DeviceSample(NamedTuple):
     inferred: bool
 
 
-#: The figures of a task whose end met a fault in the ledger.
-_UNKNOWN: FiguresTuple = (0.0, 0.0, None, "partial", 0.0)
-
-# What the rings hold: plain tuples, cheapest to make on the recording paths.
-# A task row starts with its number (1, 2, ...), which counts what the ring dropped.
-_TaskRow = tuple[int, str, "str | None", float, float, FiguresTuple, PerDevice, int, "str | None"]
-_SampleRow = tuple[int, bool, float, float, "float | None", bool]
-
-
 class Timeline:
     """A bounded record of one tracker's task windows and device readings.
 
@@ -158,26 +141,13 @@ class Timeline:
     ) -> None:
         self._max_tasks = _validate.count("max_tasks", max_tasks, minimum=1)
         self._max_samples = _validate.count("max_samples", max_samples, minimum=1)
-        # No lock on the recording paths (one costs more than the rest of a
-        # task's recording): each change is one operation the GIL makes atomic
-        # (deque.append, which also drops the oldest; set.add, set.discard;
-        # next() of a counter), and readings are appended under the ledger's
-        # lock, which orders them. Readers copy (see _copy).
-        self._tasks: deque[_TaskRow] = deque(maxlen=self._max_tasks)
-        self._task_numbers = itertools.count(1)
-        self._samples: deque[_SampleRow] = deque(maxlen=self._max_samples)
-        self._samples_seen = 0
-        # Running tasks: their live figures are read at export.
-        self._running: set[TaskHandle] = set()
+        # What the tracker's hooks feed (tasks, readings, running tasks).
+        self._recorder = Recorder(self._max_tasks, self._max_samples)
         # Set when attached (see _bind): the tracker's devices, clock, faults.
         self._owner: weakref.ref[object] | None = None
         self._devices: tuple[DeviceInfo, ...] = ()
         self._profile: Profile | None = None
         self._clock: Clock = time.monotonic
-        self._faults: FaultLog | None = None
-        # A fault met under the ledger lock, where nothing may be logged:
-        # reported at the next task event or export.
-        self._pending_fault: BaseException | None = None
 
     # -- what users read -----------------------------------------------------------------
 
@@ -194,13 +164,12 @@ class Timeline:
     @property
     def dropped_tasks(self) -> int:
         """Task windows recorded but since dropped from the ring (the oldest)."""
-        rows = _copy(self._tasks)
-        return max(row[0] for row in rows) - len(rows) if rows else 0
+        return self._recorder.dropped_tasks
 
     @property
     def dropped_samples(self) -> int:
         """Device readings recorded but since dropped from the ring (the oldest)."""
-        return max(self._samples_seen - len(self._samples), 0)
+        return self._recorder.dropped_samples
 
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -209,9 +178,10 @@ class Timeline:
 
     def tasks(self) -> list[TaskWindow]:
         """The task windows kept, running tasks included (``end`` ``None``), by start."""
-        rows = _copy(self._tasks)
-        running = _copy(self._running)
-        self._report_pending()
+        recorder = self._recorder
+        rows = recorder.task_rows()
+        running = recorder.running_tasks()
+        recorder.report_pending()
         windows = []
         profile = self._profile
         for _, service, name, start, end, final, per_device, concurrency, error in rows:
@@ -248,8 +218,8 @@ class Timeline:
         ids = [info.id for info in self._devices]
         if device is not None and device not in ids:
             raise ValueError(f"device={device!r}: not a recorded device ({', '.join(ids)})")
-        rows = _copy(self._samples)
-        self._report_pending()
+        rows = self._recorder.sample_rows()
+        self._recorder.report_pending()
         samples = []
         for index, is_power, start, end, value, inferred in rows:
             device_id = ids[index]
@@ -273,10 +243,7 @@ class Timeline:
 
     def clear(self) -> None:
         """Forget what was recorded; running tasks stay, and are recorded when they end."""
-        self._tasks.clear()
-        self._task_numbers = itertools.count(1)
-        self._samples.clear()
-        self._samples_seen = 0
+        self._recorder.clear()
 
     def to_trace(self) -> dict[str, Any]:
         """The timeline as a Chrome Trace Event / Perfetto JSON object.
@@ -343,7 +310,8 @@ class Timeline:
         )
 
     def __repr__(self) -> str:
-        tasks, samples, running = len(self._tasks), len(self._samples), len(self._running)
+        recorder = self._recorder
+        tasks, samples, running = len(recorder.tasks), len(recorder.samples), len(recorder.running)
         return (
             f"<Timeline tasks={tasks}/{self._max_tasks} samples={samples}/{self._max_samples} "
             f"running={running}>"
@@ -372,71 +340,15 @@ class Timeline:
         self._devices = tuple(devices)
         self._profile = profile
         self._clock = clock
-        self._faults = faults
+        self._recorder.faults = faults
 
     def _unbind(self) -> None:
         """Recording stopped: tasks running now will not be seen ending, so they are let go."""
-        self._running.clear()
-
-    def _task_started(self, handle: TaskHandle) -> None:
-        """A start listener: the task shows as running until it ends."""
-        try:
-            self._running.add(handle)
-        except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
-            self._report(exc)
-
-    def _task_ended(self, handle: TaskHandle) -> None:
-        """An end listener (figures final): the task's window goes into the ring."""
-        try:
-            self._running.discard(handle)
-            final = handle._final
-            start, end = handle.start_time, handle.end_time
-            # Not begun before a fork (the child starts empty), and opened (a
-            # start that met a fault has no time: NaN is not equal to itself).
-            if final is not INHERITED and end is not None and start == start:  # noqa: PLR0124
-                error = handle.error
-                self._tasks.append(
-                    (
-                        next(self._task_numbers),
-                        handle.service,
-                        handle._spec.name,
-                        start,
-                        end,
-                        _UNKNOWN if final is None else final,  # None: its end met a fault
-                        handle._final_devices,
-                        handle.concurrency,
-                        None if error is None else error_type(error),
-                    )
-                )
-        except Exception as exc:  # noqa: BLE001 - the recorder never breaks a task
-            self._report(exc)
-        if self._pending_fault is not None:
-            self._report_pending()
-
-    def _sample(
-        self,
-        device: int,
-        is_power: bool,
-        start: float,
-        end: float,
-        value: float | None,
-        inferred: bool,
-    ) -> None:
-        """The channels' sample sink: runs under the ledger lock; must not raise or log."""
-        try:
-            self._samples.append((device, is_power, start, end, value, inferred))
-            self._samples_seen += 1  # the ledger lock orders every sink call
-        except Exception as exc:  # noqa: BLE001 - reported later, outside the ledger lock
-            self._pending_fault = exc
+        self._recorder.stop()
 
     def _after_fork_in_child(self) -> None:
-        """A forked child starts empty (the lock may have been held by another thread)."""
-        self._tasks = deque(maxlen=self._max_tasks)
-        self._task_numbers = itertools.count(1)
-        self._samples = deque(maxlen=self._max_samples)
-        self._samples_seen = 0
-        self._running = set()
-        self._pending_fault = None
+        """A forked child starts with an empty timeline."""
+        self._recorder.after_fork_in_child()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -461,55 +373,27 @@ class Timeline:
                 handle.devices,
             )
         except Exception as exc:  # noqa: BLE001 - an export must not fail for one task
-            self._report(exc)
+            self._recorder.report(exc)
             return None
 
     def _now(self) -> float:
         try:
             return float(self._clock())
         except Exception as exc:  # noqa: BLE001 - a failing clock: the newest record's time
-            self._report(exc)
+            self._recorder.report(exc)
             return math.nan
-
-    def _report(self, exc: BaseException) -> None:
-        faults = self._faults
-        if faults is not None:
-            faults.report("timeline", exc)
-
-    def _report_pending(self) -> None:
-        exc = self._pending_fault
-        if exc is not None:
-            self._pending_fault = None
-            self._report(exc)
 
 
 def _by_start(window: TaskWindow) -> float:
     return window.start
 
 
-_T = TypeVar("_T")
-
-
-def _copy(items: Iterable[_T]) -> list[_T]:
-    """A copy of a ring or set that other threads append to without a lock.
-
-    With the GIL, ``list()`` of a deque or a set runs in C without a switch
-    of thread, so it sees no change halfway; where another thread could
-    change it meanwhile (a build without the GIL), the copy is taken again.
-    """
-    while True:
-        try:
-            return list(items)
-        except RuntimeError:  # pragma: no cover - changed during the copy (no GIL)
-            continue
-
-
 def hooks(
     timeline: Timeline,
 ) -> tuple[Callable[[TaskHandle], None], Callable[[TaskHandle], None], SampleSink]:
-    """What a tracker installs: start listener, end listener, sample sink.
+    """What a tracker installs: its recorder's start listener, end listener and sample sink.
 
     Made once per attachment, so that they can be removed again by identity
     (each attribute access makes a new bound method).
     """
-    return timeline._task_started, timeline._task_ended, timeline._sample
+    return timeline._recorder.hooks()

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fake clock, a simulated GPU on it, a tracker on both, and an SDK."""
+"""Shared fixtures: a fake clock, a simulated GPU on it, a tracker on both (one recording a
+timeline too), and an SDK."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gputime import Tracker
+from gputime import Timeline, Tracker
 from gputime.testing import FakeClock, SimulatedGpu
 
 # The OpenTelemetry SDK fixtures (sdk, traced, busy, fresh_globals), for every module.
@@ -32,6 +33,19 @@ def gpu(clock: FakeClock) -> SimulatedGpu:
 def tracker(gpu: SimulatedGpu) -> Iterator[Tracker]:
     with Tracker(backend=gpu, threaded=False) as tracker:
         yield tracker
+
+
+@pytest.fixture
+def recorded(gpu: SimulatedGpu) -> Iterator[Tracker]:
+    """A tracker recording a timeline (tests/test_timeline.py, tests/test_recorder.py)."""
+    with Tracker(backend=gpu, threaded=False, timeline=True) as tracker:
+        yield tracker
+
+
+def timeline_of(tracker: Tracker) -> Timeline:
+    timeline = tracker.timeline
+    assert timeline is not None
+    return timeline
 
 
 @pytest.fixture(autouse=True)
