@@ -3,10 +3,11 @@
 The messages are found in the source, not listed by hand: the format string of
 every ``log_once(kind, level, message, ...)`` call (and the NVML backend's
 ``_log_once``), and every fault kind given to a tracker's fault log
-(``faults.report(kind, ...)``, ``_report_fault(kind, ...)``, the listeners'
-``_notify(..., kind)``). A message is found on the page by the start (up to 50
-characters, whole words) of its longest literal stretch between ``%``
-placeholders, so the page may shorten a long message; a kind as `` `kind` ``.
+(``faults.report(kind, ...)``, ``_report_fault(kind, ...)``, the Celery
+integration's ``_report(kind, ...)``, the listeners' ``_notify(..., kind)``).
+A message is found on the page by the start (up to 50 characters, whole words)
+of its longest literal stretch between ``%`` placeholders, so the page may
+shorten a long message; a kind as `` `kind` ``.
 A new warning without its line in the page's table fails here.
 """
 
@@ -51,7 +52,7 @@ def logged() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
                 message = _string(node.args[2])
                 assert message is not None, f"{where}: a message that is not a literal"
                 messages.append((where, message))
-            elif name in ("report", "_report_fault") and node.args:
+            elif name in ("report", "_report", "_report_fault") and node.args:
                 kind = _string(node.args[0])
                 if kind is not None:
                     kinds.append((where, kind))
