@@ -16,7 +16,9 @@ worker sends on the thread that runs the task, right before and right after its
 body (see ``docs/celery.md``). Each run of a task, each retry included, is one
 gputime task with the same figures, span, metrics and listeners as
 ``@gpu_task``; the span is current while the body runs, so spans the task
-starts are its children.
+starts are its children. This module decides which runs are measured, under
+which service, and how each ended; a run's task and the context of its span
+are :mod:`gputime.integrations._celery_run`'s.
 
 Importing this module imports Celery (the optional extra ``gputime[celery]``);
 importing :mod:`gputime` does not.
@@ -24,19 +26,16 @@ importing :mod:`gputime` does not.
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
-
-from opentelemetry import context as otel_context
-from opentelemetry import trace as otel_trace
+from typing import Any, Final, Literal
 
 from gputime import _default, _fork
 from gputime._task import gpu_task
 from gputime._tracker import Tracker
+from gputime.integrations._celery_run import Run, take_back_leftover
 
 try:
     from celery import signals as _signals
@@ -45,12 +44,6 @@ except ImportError as _missing:  # pragma: no cover - the test extra installs Ce
     raise ImportError(
         "gputime.integrations.celery needs Celery 5.3 or later: pip install 'gputime[celery]'"
     ) from _missing
-
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Span
-
-    from gputime._handle import TaskHandle
 
 __all__ = ["OPTION", "CeleryInstrumentation", "ServiceChooser", "instrument", "uninstrument"]
 
@@ -74,30 +67,6 @@ _NOT_FAILURES: Final = (Retry, Ignore, Reject)
 _uids = itertools.count(1)
 _active: list[CeleryInstrumentation] = []
 _active_lock = threading.Lock()
-
-#: A context this integration made current for a run and could not take back
-#: when the run ended, because another instrumentation had made its own context
-#: current over it. ``opentelemetry-instrumentation-celery`` does, if connected
-#: after gputime: both attach in ``task_prerun`` and detach in ``task_postrun``,
-#: and Celery calls each signal's handlers in the order they connected, so it
-#: detaches after gputime's handler ran, putting gputime's context back. The
-#: next run in the same context takes it away before anything else. Per
-#: context, so per thread, and per greenlet under gevent or eventlet.
-_leftover: contextvars.ContextVar[tuple[object, Context | None] | None] = contextvars.ContextVar(
-    "gputime.celery.leftover", default=None
-)
-
-
-class _Run:
-    """One run of a task: its handle and, while its span is current, how to undo that."""
-
-    __slots__ = ("attached", "handle", "span", "token")
-
-    def __init__(self) -> None:
-        self.handle: TaskHandle | None = None  # None until it started (or if it failed to)
-        self.token: object = None
-        self.attached: Context | None = None
-        self.span: Span | None = None
 
 
 class CeleryInstrumentation:
@@ -126,7 +95,7 @@ class CeleryInstrumentation:
         # Runs started and not yet ended, by the id of their Celery request
         # (the request object lives from before task_prerun to after
         # task_postrun, one per run, even for two runs of one task id).
-        self._runs: dict[int, _Run] = {}
+        self._runs: dict[int, Run] = {}
         self._closing = False
         self._postrun_connected = False
         _fork.register(self)
@@ -210,7 +179,7 @@ class CeleryInstrumentation:
     def _start(self, task: Any, task_id: Any) -> None:
         # Before anything else, measured task or not: its spans must not
         # become children of a span that ended with the previous task.
-        _take_back_leftover()
+        take_back_leftover()
         if self._closing or task is None:
             return
         if self.app is not None and getattr(task, "app", None) is not self.app:
@@ -221,20 +190,14 @@ class CeleryInstrumentation:
         attributes = {"celery.task_name": str(task.name), "celery.task_id": str(task_id)}
         spec = gpu_task(service, attributes=attributes, tracker=self.tracker)
         key = id(task.request)  # the request Celery pushed for this run
-        run = _Run()
+        run = Run()
         with self._lock:
             if self._closing:  # uninstrument() came in between: its drain must not wait
                 return
             self._runs[key] = run
         # Outside the lock: listeners run on the task's start, and one that
         # runs a task eagerly would come back here.
-        handle = run.handle = spec._start(False)
-        tracker = handle.tracker
-        token = tracker._activate(handle)  # None where no SDK records spans
-        if token is not None:
-            run.token = token
-            run.attached = otel_context.get_current()
-            run.span = otel_trace.get_current_span()
+        run.start(spec)
 
     def _finish(self, task: Any, retval: Any, state: Any) -> None:
         if task is None:
@@ -244,7 +207,7 @@ class CeleryInstrumentation:
             run = self._runs.get(key)
         try:
             if run is not None and run.handle is not None:
-                self._end(run.handle, run, retval, state)
+                run.end(_error_of(retval, state), state, self._report)
         finally:
             # Forgotten only once ended, so that ``running`` counts it until then.
             with self._lock:
@@ -252,30 +215,6 @@ class CeleryInstrumentation:
                 drained = self._closing and not self._runs
             if drained:
                 self._disconnect_postrun()
-
-    def _end(self, handle: TaskHandle, run: _Run, retval: Any, state: Any) -> None:
-        if state in _NOT_FAILED:
-            error = None
-        elif state is None:
-            # Something escaped Celery's tracer (a KeyboardInterrupt or
-            # SystemExit in the body, a fault of Celery's own around it, an
-            # eager apply() that propagates): task_postrun is sent from a
-            # ``finally``, where the exception on its way out is still the one
-            # being handled. An eager retry propagates as Retry: not a failure.
-            error = sys.exc_info()[1]
-            if isinstance(error, _NOT_FAILURES):
-                error = None
-        else:  # FAILURE: the tracer hands postrun the exception the body raised
-            error = retval if isinstance(retval, BaseException) else None
-        span = run.span
-        if span is not None and isinstance(state, str):
-            try:
-                span.set_attribute("celery.state", state)
-            except Exception as exc:  # noqa: BLE001 - an SDK fault is not the task's
-                self._report("celery span", exc)
-        if run.token is not None:
-            _restore(run.token, run.attached)
-        handle.end(error)
 
     # -- which service ----------------------------------------------------------------
 
@@ -322,30 +261,24 @@ class CeleryInstrumentation:
         return f"<CeleryInstrumentation {self.tasks} tasks, {state}>"
 
 
-def _restore(token: object, attached: Context | None) -> None:
-    """Make current again what was before the run's span, if that is ours to do.
+def _error_of(retval: Any, state: Any) -> BaseException | None:
+    """What a run failed with, from what ``task_postrun`` was given; ``None``: it did not fail.
 
-    Only while our context is still the current one. Over another
-    instrumentation's context, resetting ours would take that one away too
-    while its handler has still to run, and its own detach would then put ours
-    back all the same: leave it, and take it away at the next run (see
-    :data:`_leftover`).
+    Read in the ``task_postrun`` handler: for a run that left Celery's tracer
+    with an exception, that exception is still the one being handled there.
     """
-    if otel_context.get_current() is attached:
-        otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
-    else:
-        _leftover.set((token, attached))
-
-
-def _take_back_leftover() -> None:
-    """Undo a context left current by the previous run in this context, if any."""
-    left = _leftover.get()
-    if left is None:
-        return
-    _leftover.set(None)
-    token, attached = left
-    if otel_context.get_current() is attached:
-        otel_context.detach(token)  # type: ignore[arg-type] # made by attach()
+    if state in _NOT_FAILED:
+        return None
+    if state is None:
+        # Something escaped Celery's tracer (a KeyboardInterrupt or
+        # SystemExit in the body, a fault of Celery's own around it, an
+        # eager apply() that propagates): task_postrun is sent from a
+        # ``finally``, where the exception on its way out is still the one
+        # being handled. An eager retry propagates as Retry: not a failure.
+        error = sys.exc_info()[1]
+        return None if isinstance(error, _NOT_FAILURES) else error
+    # FAILURE: the tracer hands postrun the exception the body raised.
+    return retval if isinstance(retval, BaseException) else None
 
 
 def instrument(
