@@ -7,6 +7,8 @@ exact hook) or only noticed at the next collection (docs/opentelemetry.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
 
@@ -14,6 +16,17 @@ import gputime
 from gputime import Tracker
 from gputime.testing import SimulatedGpu
 from tests.otel_sdk import P, Sdk
+
+
+def zeroing_reset(tracker: Tracker) -> Callable[[str | None], dict[str, gputime.ServiceStats]]:
+    """A ledger reset that returns the snapshots it zeroed, as the exact hook is given."""
+
+    def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
+        before = tracker._ledger.stats(service)
+        tracker._ledger.reset(service)
+        return before
+
+    return ledger_reset
 
 
 class TestResetKeepsCountersMonotonic:
@@ -50,13 +63,7 @@ class TestResetKeepsCountersMonotonic:
         assert seen == sorted(seen)
 
     def test_reset_hook_is_exact(self, traced: Tracker, sdk: Sdk, clock, busy):
-        # What Tracker.reset does once wired to the emitter (see the report): the
-        # ledger's reset returns the snapshots it zeroed, under its own lock.
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
-
+        ledger_reset = zeroing_reset(traced)
         with traced.gpu_task("nmt"):
             clock.advance(3 * P)
         clock.advance(P)
@@ -78,10 +85,7 @@ class TestResetKeepsCountersMonotonic:
         assert sdk.value("gputime.gpu.busy_time") == pytest.approx(3.5)
 
     def test_reset_hook_before_any_collection(self, traced: Tracker, sdk: Sdk, clock, busy):
-        def ledger_reset(service: str | None) -> dict[str, gputime.ServiceStats]:
-            before = traced._ledger.stats(service)
-            traced._ledger.reset(service)
-            return before
+        ledger_reset = zeroing_reset(traced)
 
         with traced.gpu_task("nmt"):
             clock.advance(6 * P)
