@@ -23,6 +23,7 @@ WAIT_S = 600.0 if HEAVY else 120.0
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(600 if HEAVY else 120)
 def test_64_threads_on_one_tracker_exact_counts_monotonic_figures():
     threads, per_thread = 64, (10_000 if HEAVY else 300)
     services = ("nmt", "tts", "yourtts", "rust")
@@ -95,6 +96,7 @@ def test_64_threads_on_one_tracker_exact_counts_monotonic_figures():
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(600 if HEAVY else 120)
 def test_10000_asyncio_tasks_over_100_services_with_cancellations():
     total, services = (10_000 if HEAVY else 2_000), 100
     gpu = SimulatedGpu(sample_period=0.02)

@@ -348,8 +348,9 @@ def run_model(
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(900 if HEAVY else 120)
 def test_figures_match_the_exact_oracle_after_every_step():
-    run_model(examples=3000 if HEAVY else 200, steps=100 if HEAVY else 50)
+    run_model(examples=2000 if HEAVY else 200, steps=100 if HEAVY else 50)
 
 
 @pytest.mark.parametrize("name", [m.name for m in MUTATIONS])

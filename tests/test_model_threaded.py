@@ -136,6 +136,7 @@ def run_history(gpu: SimulatedGpu, tracker: Tracker, seed: int, steps: int, chan
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(600 if HEAVY else 120)
 @pytest.mark.parametrize("split", [False, True], ids=["device", "split"])
 @pytest.mark.parametrize("changing", [False, True], ids=["constant", "changing"])
 def test_threaded_sampler_figures_match_the_driver_integral(changing: bool, split: bool):

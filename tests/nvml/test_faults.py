@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gputime import TaskHandle, Tracker, gpu_task
+from gputime import BackendUnavailable, TaskHandle, Tracker, gpu_task
 from gputime._backends.nvml import NvmlBackend
 from gputime.testing import FakeClock
 from tests.nvml.support import START, P, installed
@@ -67,10 +67,12 @@ class Run:
     ended: int | None = None
 
 
-def busy_ms(double: FakeNvml, lo: float, hi: float) -> float:
-    """The true busy milliseconds of every GPU over ``(lo, hi]``, by the driver's samples."""
+def busy_ms(double: FakeNvml, lo: float, hi: float, tracked: tuple[str, ...]) -> float:
+    """The true busy milliseconds of the tracked GPUs over ``(lo, hi]``, by the driver's samples."""
     total = 0.0
     for gpu in double.gpus:
+        if gpu.uuid not in tracked:
+            continue
         k = math.floor((lo - gpu.phase) / gpu.period) + 1
         while double.sample_time(gpu, k - 1) < hi:
             a, b = double.sample_time(gpu, k - 1), double.sample_time(gpu, k)
@@ -172,12 +174,13 @@ def check_figures(handle: TaskHandle, double: FakeNvml, now: float, *, live: boo
     end = now if live else handle.end_time
     assert end is not None
     duration = end - handle.start_time
-    truth = busy_ms(double, handle.start_time, end)
+    tracked = handle.tracker.device_ids
+    truth = busy_ms(double, handle.start_time, end, tracked)
     # NVML stamps samples in whole microseconds: a few µs of slack per device.
     slack = 0.01
-    tail = 1000 * P * DEVICES + slack
+    tail = 1000 * P * len(tracked) + slack
     assert 0.0 <= figures.gpu_util_ms <= figures.gpu_ms + slack
-    assert figures.gpu_ms <= 1000 * duration * DEVICES + slack
+    assert figures.gpu_ms <= 1000 * duration * len(tracked) + slack
     assert figures.gpu_ms <= truth + tail, (figures, truth)  # nothing unread is counted
     assert 0.0 <= figures.coverage <= 1.0
     if figures.coverage < 1.0:
@@ -191,3 +194,48 @@ def check_figures(handle: TaskHandle, double: FakeNvml, now: float, *, live: boo
 @pytest.mark.parametrize("seed", range(40 if HEAVY else 3))
 def test_random_faults_at_every_nvml_call(model: str, seed: int):
     run_history(model, seed, steps=400 if HEAVY else 250)
+
+
+OPEN_CALLS = (
+    "nvmlInitWithFlags",
+    "nvmlDeviceGetCount_v2",
+    "nvmlDeviceGetHandleByIndex_v2",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetSamples",
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetTotalEnergyConsumption",
+)
+
+
+@pytest.mark.parametrize("code", [UNKNOWN, GPU_IS_LOST, NOT_SUPPORTED])
+@pytest.mark.parametrize("call", OPEN_CALLS)
+def test_a_fault_while_the_tracker_opens_nvml(call: str, code: int):
+    """Construction succeeds (tasks then run, on the GPUs it could open) or says why not."""
+    clock = FakeClock(START)
+    double = FakeNvml(clock, DEVICES)
+    double.worked_earlier()
+    with installed(double):
+        double.fail(call, code, times=1)
+        try:
+            tracker = Tracker(
+                backend=NvmlBackend(**double.backend_clocks()), clock=clock, threaded=False
+            )
+        except BackendUnavailable as exc:
+            reason = str(exc)
+        else:
+            reason = ""
+        if reason:
+            assert "NVML" in reason or "GPU" in reason  # says what is missing
+            return
+        with tracker:
+            assert tracker.device_ids  # a GPU that failed to open is left out, not faked
+            for device in range(DEVICES):
+                double.set_utilization(100, device=device)
+            with tracker.gpu_task("svc") as task:
+                clock.advance(0.5)
+                tracker.poll()
+                clock.advance(0.5)
+            check_figures(task, double, clock(), live=False)
+            assert tracker.stats("svc").task_count == 1
