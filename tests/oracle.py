@@ -1,4 +1,4 @@
-"""An exact oracle of SPEC section 2 on the simulated driver, independent of gputime's code.
+"""An exact oracle of docs/semantics.md on the simulated driver, independent of gputime's code.
 
 It is told what a test does (clock steps, utilisation changes, task starts and ends,
 polls, resets, read faults) and answers, exactly, what every figure must be: each
@@ -14,32 +14,34 @@ windows, samples and shares are exact: a share ``1/N`` is ``SCALE / N`` with
 
 What it models, and where each rule comes from:
 
-- SPEC 2 / ``gputime.testing.SimulatedGpu``: sample ``k`` covers ``((k-1)P, kP]``,
-  is the time-weighted mean utilisation over it rounded half up, and is visible
-  once the clock reaches ``kP``. Busy means a sample above the threshold; both
-  figures count only busy samples. Attribution ``device`` credits every active
-  service; ``split`` divides each moment equally among the services active then.
-- SPEC 2: a running task's figures and every service's figures use real samples
-  only, those read so far; a task's final figure adds the *tail*: the part of its
-  window after the newest visible sample takes that sample's value, unless its
-  exit read failed (then it counts nothing and is missing), and likewise when the
-  exit made no read (nothing new could be visible) but the device's newest read
-  had failed: SPEC's exit read would have failed too. A service's window is the
-  union of its tasks' windows; ``reset`` counts from its own instant on.
-- SPEC 2 rule 1 and docs/design.md ("Skipping exit reads", "Horizons"): every
-  device is read (in order, one read each) at ``poll()`` while a task runs or a
-  closed window is not yet covered by read samples, and at a task's exit unless
-  no sample newer than the newest one read can be visible yet; nowhere else.
-  After an idle spell in which every window was covered, the first task starts
-  the devices afresh from its start (the idle stretch is never read).
-- SPEC 2 rule 5 and docs/design.md ("Choices where the spec is silent"): a failed
-  read of any device makes every task running then ``partial`` (recovered samples
-  still count); it makes a service ``partial`` if the service was running, or had
-  window time after its reset not yet covered by that device's samples; the worst
-  status since the last reset. While a device's newest read failed, the window
-  time after the newest sample read up to now counts as *missing* for running
-  tasks and for services; ``coverage`` is read time over read plus missing time
-  (1.0 where nothing was needed yet).
+- docs/semantics.md and ``gputime.testing.SimulatedGpu``: sample ``k`` covers
+  ``((k-1)P, kP]``, is the time-weighted mean utilisation over it rounded half up,
+  and is visible once the clock reaches ``kP``. Busy means a sample above the
+  threshold; both figures count only busy samples. Attribution ``device`` credits
+  every active service; ``split`` divides each moment equally among the services
+  active then.
+- docs/semantics.md (the tail rule): a running task's figures and every service's
+  figures use real samples only, those read so far; a task's final figure adds the
+  *tail*: the part of its window after the newest visible sample takes that sample's
+  value, unless its exit read failed (then it counts nothing and is missing), and
+  likewise when the exit made no read (nothing new could be visible) but the
+  device's newest read had failed: the exit read would have failed too. A service's
+  window is the union of its tasks' windows; ``reset`` counts from its own instant
+  on.
+- docs/semantics.md rule 1 and docs/design.md ("Skipping exit reads", "Horizons"):
+  every device is read (in order, one read each) at ``poll()`` while a task runs or
+  a closed window is not yet covered by read samples, and at a task's exit unless no
+  sample newer than the newest one read can be visible yet; nowhere else. After an
+  idle spell in which every window was covered, the first task starts the devices
+  afresh from its start (the idle stretch is never read).
+- docs/semantics.md rule 5 and its "Choices made where the definition leaves room":
+  a failed read of any device makes every task running then ``partial`` (recovered
+  samples still count); it makes a service ``partial`` if the service was running,
+  or had window time after its reset not yet covered by that device's samples; the
+  worst status since the last reset. While a device's newest read failed, the window
+  time after the newest sample read up to now counts as *missing* for running tasks
+  and for services; ``coverage`` is read time over read plus missing time (1.0 where
+  nothing was needed yet).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Device:
 
 
 class Oracle:
-    """The spec's figures for one tracker on one simulated GPU.
+    """The defined figures for one tracker on one simulated GPU.
 
     Args:
         devices: Number of simulated devices, all tracked.
@@ -281,7 +283,7 @@ class Oracle:
                 continue
             # The tail: after the newest sample read, the newest visible sample's value;
             # nothing if the device's newest read failed (this exit's read, or the one
-            # before an exit that needed no read: SPEC's exit read would have failed too).
+            # before an exit that needed no read: that exit read would have failed too).
             lo = max(task.start, dev.horizon)
             value = dev.newest_value
             if dev.failing or value is None:

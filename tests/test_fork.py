@@ -49,7 +49,8 @@ FORK_UNDER_LOAD = textwrap.dedent(
     workers = [threading.Thread(target=load, args=(f"svc{i}",)) for i in range(8)]
     for w in workers:
         w.start()
-    held = tracker.gpu_task("held").__enter__()  # running across every fork
+    held_block = tracker.gpu_task("held")
+    held = held_block.__enter__()  # running across every fork
     time.sleep(0.05)
     failures = []
     for i in range(FORKS):
@@ -70,7 +71,7 @@ FORK_UNDER_LOAD = textwrap.dedent(
                     code = 5  # a fresh sampler, started lazily
                 if task.status != "ok" or task.gpu_ms <= 0:
                     code = 6
-                held.tracker._end_task(held, None)  # the parent's task: ignored here
+                held_block.__exit__(None, None, None)  # the parent's task: ignored here
                 if "held" in tracker.stats():
                     code = 7
             except BaseException:
@@ -83,7 +84,8 @@ FORK_UNDER_LOAD = textwrap.dedent(
     stop.set()
     for w in workers:
         w.join(30)
-    held.tracker._end_task(held, None)
+    held_block.__exit__(None, None, None)
+    assert not held.running
     stats = tracker.stats()
     assert all(stats[name].task_count == n for name, n in done.items()), (stats, done)
     assert stats["held"].task_count == 1
@@ -119,7 +121,8 @@ MULTIPROCESSING = textwrap.dedent(
 
         loader = threading.Thread(target=load)
         loader.start()
-        held = gputime.gpu_task("held").__enter__()  # running while the children start
+        held_block = gputime.gpu_task("held")
+        held_block.__enter__()  # running while the children start
         context = multiprocessing.get_context(method)
         with context.Pool(4) as pool:
             results = pool.map(child, [5] * 8, chunksize=1)
@@ -128,7 +131,7 @@ MULTIPROCESSING = textwrap.dedent(
         process.join(60)
         stop.set()
         loader.join(30)
-        held.tracker._end_task(held, None)
+        held_block.__exit__(None, None, None)
         # Each worker runs two of the eight calls on average: counts accumulate per
         # worker process, and only the child's own service is ever seen there.
         assert all(set(r) == {"child"} for r in results), results

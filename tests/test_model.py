@@ -5,7 +5,7 @@ ends (nested, overlapping, returned, raised, cancelled, generators exhausted or
 closed early, functions), polls, resets and read faults, on a ``SimulatedGpu`` with
 one to three devices, attributions ``device`` and ``split`` and several thresholds,
 and runs each on a ``Tracker(threaded=False)`` and on ``tests.oracle.Oracle``
-(SPEC section 2 with exact arithmetic). After every step every figure is compared:
+(docs/semantics.md with exact arithmetic). After every step every figure is compared:
 each task's ``gpu_ms``, ``gpu_util_ms``, ``status`` and ``coverage`` (live and
 final, and what the end listener saw), each service's ``task_count``,
 ``active_tasks``, ``gpu_ms``, ``gpu_util_ms``, ``status`` and ``coverage``, and the
