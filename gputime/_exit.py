@@ -69,8 +69,7 @@ def _at_exit() -> None:
 def end_open_tasks() -> None:
     """Emit recorded ends, close suspended decorated generators, end every other open task."""
     trackers = list(_trackers)
-    for tracker in trackers:
-        tracker.stats()  # applies and emits ends recorded inside a collection
+    _emit_recorded(trackers)
     if not any(tracker._ledger.active_tasks for tracker in trackers):
         return
     generators, handles = _open_work()
@@ -81,9 +80,16 @@ def end_open_tasks() -> None:
             with contextlib.suppress(Exception):
                 generator.close()
     for handle in handles:
-        _end(handle)
+        with contextlib.suppress(Exception):  # one task's failure must not keep the others open
+            _end(handle)
+    _emit_recorded(trackers)
+
+
+def _emit_recorded(trackers: list[Tracker]) -> None:
+    """Apply and emit the ends recorded inside a collection (``stats()`` does both)."""
     for tracker in trackers:
-        tracker.stats()
+        with contextlib.suppress(Exception):
+            tracker.stats()
 
 
 def _open_work() -> tuple[list[types.GeneratorType[object, object, object]], list[TaskHandle]]:

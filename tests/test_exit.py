@@ -344,3 +344,23 @@ class TestTheExitHookInProcess:
         assert seen[0].get_span_context().span_id != span.context.span_id
         assert [s.name for s in sdk.spans()] == ["gpu_task agen"]  # ended once
         assert traced.stats("agen").task_count == 1
+
+    def test_one_task_failing_to_end_does_not_keep_the_others_open(
+        self, tracker, ends, monkeypatch
+    ):
+        from gputime import _exit
+
+        first = tracker.gpu_task("first").__enter__()
+        tracker.gpu_task("second").__enter__()
+        end_task = tracker._end_task
+
+        def failing(handle, exc):
+            if handle is first:
+                raise RuntimeError("cannot end this one")
+            end_task(handle, exc)
+
+        monkeypatch.setattr(tracker, "_end_task", failing)
+        monkeypatch.setattr(tracker, "stats", lambda *a: 1 / 0)  # nor a failing stats()
+        _exit.end_open_tasks()
+        assert ends == [("second", False, None)]
+        assert first.running
