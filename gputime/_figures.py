@@ -313,8 +313,9 @@ def task_figures(
     Per channel, the sums at the end (the end mark, else the sums now) less
     the sums at the start; when final and the end is past the newest reading,
     plus the tail, which takes the channel's tail value (the newest sample's,
-    or 0 after an idle claim) unless the exit read failed. Runs at every task
-    exit: kept to plain arithmetic.
+    or 0 after an idle claim) unless the exit read failed, or was skipped while
+    the device's newest read had failed. Runs at every task exit: kept to
+    plain arithmetic.
 
     Args:
         record: The task.
@@ -357,7 +358,12 @@ def task_figures(
         # The tail: from the newest reading (or the start) to the end.
         lo = start if start > horizon else horizon
         length = end - lo
-        failed = reads is not None and isinstance(reads[channel.device], BaseException)
+        # Nothing is known past the newest reading where the exit read failed,
+        # or where it was skipped while the device's newest read had failed
+        # (it would have failed too): no guessing.
+        failed = channel.failing or (
+            reads is not None and isinstance(reads[channel.device], BaseException)
+        )
         value = None if failed else channel.tail_value()
         if value is None:
             if not channel.is_power:

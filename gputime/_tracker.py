@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from gputime import _fork, _gcsafe, _metrics, _validate
+from gputime import _exit, _fork, _gcsafe, _metrics, _validate
 from gputime._backends import Backend, DeviceInfo, open_backend
 from gputime._emitter import Emitter
 from gputime._faults import FaultLog
@@ -153,6 +153,7 @@ class Tracker:
             self._attach_timeline(timeline if isinstance(timeline, Timeline) else Timeline())
         self._closed = False
         _fork.register(self)
+        _exit.install(self)  # tasks still open at interpreter exit end before teardown
 
     # -- public API --------------------------------------------------------------------
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from gputime import _default, _gcsafe
+from gputime import _default, _exit, _gcsafe
 
 if TYPE_CHECKING:
+    from types import FunctionType
+
     from gputime._task import gpu_task
 
 R = TypeVar("R")
@@ -130,6 +132,8 @@ def generator(
             handle._tracker._end_task(handle, exc)
             raise
 
+    # Known by its code at interpreter exit, where a suspended one is closed.
+    _exit.generator_codes.add(cast("FunctionType", gpu_task_wrapper).__code__)
     return gpu_task_wrapper
 
 

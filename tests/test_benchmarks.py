@@ -55,6 +55,15 @@ def test_gpu_check_answers_what_it_can_without_kernels(tmp_path: Path):
     assert report["kernels"] in (None, "torch", "cupy")
 
 
+@pytest.mark.usefixtures("scripts")
+def test_memory_runs_every_workload(capsys: pytest.CaptureFixture[str]):
+    import memory
+
+    assert memory.main(["--tasks", "220", "--checkpoints", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in memory.WORKLOADS)
+
+
 def test_gpu_check_without_a_gpu_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     sys.path.insert(0, str(BENCHMARKS))
     try:

@@ -566,6 +566,18 @@ class TestFailedReadings:
         stats = tracker.stats("nmt")
         assert (stats.status, stats.coverage) == ("ok", 1.0)
 
+    def test_no_tail_is_guessed_while_the_device_is_failing(self, tracker, gpu, clock):
+        gpu.set_utilization(100)
+        run_task(tracker, clock, "a", 1.0)  # its exit read at 2.0 brings sample 12
+        gpu.fail_reads()  # the GPU stops answering
+        with tracker.gpu_task("b"):
+            clock.advance(0.1)
+            tracker.poll()  # fails at 2.1
+        with tracker.gpu_task("c") as task:  # no sample is due before 2.1667: no exit read
+            clock.advance(0.05)
+            assert (task.status, task.coverage) == ("partial", 0.0)
+        assert (task.gpu_ms, task.status, task.coverage) == (0.0, "partial", 0.0)
+
     def test_status_worst_since_reset(self, tracker, gpu, clock):
         gpu.fail_reads(1)
         run_task(tracker, clock, "nmt", 0.5)
