@@ -28,10 +28,9 @@ from gputime._figures import (
     PerDevice,
     Profile,
     ServiceStats,
-    per_device_figures,
-    task_figures,
 )
 from gputime._sums import Mark, Services, TaskRecord
+from gputime._tally import per_device_figures, task_figures
 from gputime._types import Attribution, Clock
 from gputime._windows import split_rates
 

@@ -26,9 +26,8 @@ from gputime._figures import (
     Profile,
     ServiceStats,
     Sums,
-    never_seen,
-    service_stats,
 )
+from gputime._tally import never_seen, service_stats
 from gputime._windows import Windows
 
 if TYPE_CHECKING:

@@ -9,21 +9,21 @@ knows them all.
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
-from gputime import _exit, _fork, _gcsafe, _metrics, _validate
+from gputime import _exit, _fork, _metrics, _validate
 from gputime._backends import Backend, DeviceInfo, open_backend
 from gputime._emitter import Emitter
 from gputime._faults import FaultLog
 from gputime._figures import ServiceStats
-from gputime._handle import TaskHandle, unrecorded
-from gputime._ledger import WOKE, Ledger
+from gputime._handle import TaskHandle
+from gputime._ledger import Ledger
+from gputime._listeners import Listeners
 from gputime._reads import DeviceReader
 from gputime._sampler import Sampler
-from gputime._timeline import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_TASKS, Timeline, hooks
+from gputime._taskpath import TaskPath
+from gputime._timeline import Timeline
 from gputime._types import Attribution, Clock, DeviceSelector
 
 if TYPE_CHECKING:
@@ -33,13 +33,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from gputime import _task
-    from gputime._channels import SampleSink
-
-Listener = Callable[[TaskHandle], object]
-ListenerT = TypeVar("ListenerT", bound=Listener)
 
 
-class Tracker:
+class Tracker(TaskPath, Listeners):
     """Measures GPU time per service for the tasks run through it.
 
     Args:
@@ -122,12 +118,10 @@ class Tracker:
             threshold=self.threshold,
             clock=self.clock,
         )
-        # The ledger's queues of recorded ends (the same objects for its life).
         self._recorded = self._ledger.recorded
         self._finished = self._ledger.finished
-        # The seed's setOnTaskStartCallback / setOnTaskEndCallback.
-        self._start_listeners: tuple[Listener, ...] = ()
-        self._end_listeners: tuple[Listener, ...] = ()
+        self._start_listeners = ()
+        self._end_listeners = ()
         # A tracker that reads no device has nothing to sample: no thread at all.
         self._sampler = (
             Sampler(self, interval=self.interval, name=f"gputime-sampler-{id(self):x}")
@@ -146,9 +140,8 @@ class Tracker:
         self._emitter = Emitter(
             self.device_ids, self._faults, self._member, metrics_pending, tracer_provider
         )
-        self._timeline: Timeline | None = None
-        # The timeline's listeners and sink as installed, removed by identity.
-        self._timeline_hooks: tuple[Listener, Listener, SampleSink] | None = None
+        self._timeline = None
+        self._timeline_hooks = None
         if timeline is not False:
             self._attach_timeline(timeline if isinstance(timeline, Timeline) else Timeline())
         self._closed = False
@@ -265,76 +258,6 @@ class Tracker:
         reads = reader.read_all(ledger.read_plan())
         ledger.ingest(reads, reader.timing())
 
-    def on_task_start(self, listener: ListenerT) -> ListenerT:
-        """Call ``listener(task)`` when a task starts; usable as a decorator."""
-        self._start_listeners = (*self._start_listeners, _validate.callable_("listener", listener))
-        return listener
-
-    def on_task_end(self, listener: ListenerT) -> ListenerT:
-        """Call ``listener(task)`` when a task ends (figures final); usable as a decorator."""
-        self._end_listeners = (*self._end_listeners, _validate.callable_("listener", listener))
-        return listener
-
-    def _adopt_listeners(self, old: Tracker) -> None:
-        """Take over ``old``'s listeners, ahead of any of our own (``configure()``).
-
-        Not those that feed ``old``'s timeline: a timeline is one tracker's.
-        """
-        hooks = old._timeline_hooks or ()
-        starts = tuple(f for f in old._start_listeners if f not in hooks)
-        ends = tuple(f for f in old._end_listeners if f not in hooks)
-        self._start_listeners = _merged(starts, self._start_listeners)
-        self._end_listeners = _merged(ends, self._end_listeners)
-
-    @property
-    def timeline(self) -> Timeline | None:
-        """The :class:`~gputime.Timeline` being recorded, ``None`` when off (the default)."""
-        return self._timeline
-
-    def record_timeline(
-        self,
-        *,
-        max_tasks: int = DEFAULT_MAX_TASKS,
-        max_samples: int = DEFAULT_MAX_SAMPLES,
-    ) -> Timeline:
-        """Start recording a timeline now, and return it; the one recording, if any.
-
-        For a tracker made without ``timeline=`` (the default tracker:
-        ``gputime.get_tracker().record_timeline()``). Tasks that began before
-        are recorded when they end. The bounds apply to a new timeline only:
-        where one is being recorded, it is returned as it is.
-
-        Args:
-            max_tasks: Task windows kept (a ring: the oldest go first).
-            max_samples: Device readings kept, likewise.
-
-        Raises:
-            ValueError: A bound that is not a positive integer.
-        """
-        current = self._timeline
-        if current is not None:
-            return current
-        timeline = Timeline(max_tasks=max_tasks, max_samples=max_samples)
-        self._attach_timeline(timeline)
-        return timeline
-
-    def stop_timeline(self) -> Timeline | None:
-        """Stop recording; returns the timeline (still readable), ``None`` if none was on.
-
-        A task running now is not recorded when it ends (nor shown as running).
-        """
-        timeline, installed = self._timeline, self._timeline_hooks
-        if timeline is None or installed is None:
-            return None
-        started, ended, _ = installed
-        self._ledger.channels.on_sample = None
-        self._start_listeners = tuple(f for f in self._start_listeners if f is not started)
-        self._end_listeners = tuple(f for f in self._end_listeners if f is not ended)
-        self._timeline = None
-        self._timeline_hooks = None
-        timeline._unbind()
-        return timeline
-
     def close(self) -> None:
         """Stop the sampler and release the backend. Idempotent.
 
@@ -369,160 +292,6 @@ class Tracker:
             f"attribution={self.attribution!r}{' closed' if self._closed else ''}>"
         )
 
-    def _attach_timeline(self, timeline: Timeline) -> None:
-        """Feed ``timeline``: task listeners (run outside every lock) and the sample sink.
-
-        Nothing is added to the task path: the listener tuples are checked
-        there already, and the channels check their sink per credited reading.
-        """
-        timeline._bind(self, self._reader.measured, self._ledger.profile, self.clock, self._faults)
-        installed = self._timeline_hooks = hooks(timeline)
-        started, ended, sink = installed
-        self._timeline = timeline
-        self._start_listeners = (started, *self._start_listeners)
-        self._end_listeners = (ended, *self._end_listeners)
-        self._ledger.channels.on_sample = sink
-
-    # -- the task path -----------------------------------------------------------------
-
-    def _start_task(self, spec: _task.gpu_task, activate: bool) -> TaskHandle:
-        handle = TaskHandle(self, spec)
-        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
-            # Started by a finaliser (a generator's ``finally`` that the
-            # collector runs, or that a reference dropped under the ledger
-            # lock runs): counted if it can be, no span, context or listener.
-            self._start_in_collection(handle, spec)
-            return handle
-        try:
-            first = self._ledger.begin(handle, spec.service)
-        except Exception as exc:  # noqa: BLE001 - instrumentation never breaks the job
-            self._faults.report("task start", exc)
-            unrecorded(handle)
-            first = 0
-        if first and (
-            (first == WOKE and self._reader.resume is not None)
-            or (self._sampler is not None and self._sampler.parked)
-        ):
-            self._first_task_began(first)
-        if self._finished:
-            self._emit_finished()
-        self._emitter.task_started(handle, activate)
-        if self._start_listeners:
-            self._notify(self._start_listeners, handle, "on_task_start")
-        return handle
-
-    def _first_task_began(self, first: int) -> None:
-        """No other task runs: refresh baselines after an idle spell, wake a parked sampler."""
-        if self._closed:
-            return
-        resume = self._reader.resume
-        if first == WOKE and resume is not None:
-            # Fresh baselines (NVML's energy counter) after an idle spell: one
-            # driver call per idle spell, never per task.
-            try:
-                resume()
-            except Exception as exc:  # noqa: BLE001 - a driver fault is a reported status
-                self._faults.report("resume", exc)
-        # The one cross-thread wake: the first task after the sampler parked.
-        sampler = self._sampler
-        if sampler is not None and sampler.parked:
-            try:
-                sampler.wake()
-            except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
-                self._faults.report("sampler", exc)
-
-    def _start_in_collection(self, handle: TaskHandle, spec: _task.gpu_task) -> None:
-        if self._ledger.held_here():
-            unrecorded(handle)  # waiting for the lock would wait for this very thread
-            return
-        try:
-            first = self._ledger.begin(handle, spec.service)
-            sampler = self._sampler
-            if first and sampler is not None and sampler.parked and not self._closed:
-                sampler.wake_from_collection()  # its ticks finish the recorded end
-        except Exception:  # noqa: BLE001 - no logging inside a collection
-            unrecorded(handle)
-
-    def _end_task(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        ledger = self._ledger
-        if (_gcsafe.collecting and _gcsafe.in_collection()) or ledger.held_here():
-            self._defer_end(handle, exc)
-            return
-        try:
-            end = self.clock()
-        except Exception as fault:  # noqa: BLE001 - the task must end all the same
-            self._faults.report("clock", fault)
-            end = -math.inf  # the ledger moves it up to its newest known instant
-        try:
-            if (
-                not self._device_count
-                or (end < ledger.channels.fresh_until and not self._closed)
-                or handle._generation != ledger.generation  # begun before a fork
-            ):
-                ended = ledger.end(handle, end, None)  # nothing new can have been sampled
-            else:
-                reader = self._reader
-                reads = reader.read_all(ledger.read_plan())
-                # The last task's end sets the settle deadline; the sampler,
-                # awake while tasks ran, finds it at its next tick (no wake).
-                ended = ledger.end(handle, end, reads, reader.timing())
-            if not ended:
-                return  # ended before (TaskHandle.end() twice): emitted then
-        except Exception as fault:  # noqa: BLE001 - instrumentation never breaks the job
-            self._faults.report("task end", fault)
-        if self._finished:
-            self._emit_finished()  # ends recorded earlier come first
-        if exc is not None and isinstance(exc, Exception):
-            handle.error = exc
-        emitter = self._emitter
-        if handle._otel is not None or emitter.histogram is not None:
-            emitter.task_ended(handle, exc)  # a span to end, or a duration to record
-        if self._end_listeners:
-            self._notify(self._end_listeners, handle, "on_task_end")
-
-    def _defer_end(self, handle: TaskHandle, exc: BaseException | None) -> None:
-        """Record an end that cannot finish here, without a lock, a context change or a log.
-
-        Here means inside a garbage collection, or on a thread that holds the
-        ledger lock (a finaliser run by a reference dropped under it). The end
-        time is taken now. The ledger applies it, in order, before any later
-        event (:attr:`Ledger.recorded`); the next task event, ``stats()``,
-        ``poll()`` (the sampler's ticks) or ``close()`` then emits it from a
-        safe place (:meth:`_emit_finished`): same figures, span end time,
-        metrics and listeners as an ordinary end, without the exit read.
-        """
-        try:
-            end = self.clock()
-        except Exception:  # noqa: BLE001 - no logging here; the ledger orders it
-            end = -math.inf
-        # deque.append is atomic and takes no lock.
-        self._recorded.append((handle, end, (exc, time.time_ns())))
-
-    def _emit_finished(self) -> None:
-        """Span, metrics and listeners of recorded ends the ledger has applied."""
-        if (_gcsafe.collecting and _gcsafe.in_collection()) or self._ledger.held_here():
-            return
-        finished = self._finished
-        while finished:
-            try:
-                record, payload = finished.popleft()
-            except IndexError:  # pragma: no cover - another thread took the last one
-                return
-            handle = cast("TaskHandle", record)
-            exc, end_ns = cast("tuple[BaseException | None, int]", payload)
-            if exc is not None and isinstance(exc, Exception):
-                handle.error = exc
-            self._emitter.task_ended(handle, exc, end_ns)
-            if self._end_listeners:
-                self._notify(self._end_listeners, handle, "on_task_end")
-
-    def _notify(self, listeners: tuple[Listener, ...], handle: TaskHandle, kind: str) -> None:
-        for listener in listeners:
-            try:
-                listener(handle)
-            except Exception as exc:  # noqa: BLE001 - a listener must never break the task
-                self._faults.report(kind, exc, listener)
-
     # -- what the sampler thread and gpu_task ask -----------------------------------------
 
     def _sampling_state(self) -> tuple[bool, float | None, float]:
@@ -542,14 +311,6 @@ class Tracker:
         """Log a fault once per kind and exception type (the sampler thread's)."""
         self._faults.report(kind, exc, where)
 
-    def _activate(self, handle: TaskHandle) -> object:
-        """Make a task's span current (decorated generators, around each resume)."""
-        return self._emitter.activate(handle)
-
-    def _deactivate(self, token: object) -> None:
-        """Undo :meth:`_activate`."""
-        self._emitter.deactivate(token)
-
     def _after_fork_in_child(self) -> None:
         self._ledger.clear_after_fork()
         timeline, installed = self._timeline, self._timeline_hooks
@@ -562,8 +323,3 @@ class Tracker:
             self._sampler.after_fork()
         self._faults._after_fork_in_child()  # the child logs its own faults
         self._reader.after_fork()
-
-
-def _merged(first: tuple[Listener, ...], then: tuple[Listener, ...]) -> tuple[Listener, ...]:
-    """``first`` then ``then``, each listener once."""
-    return (*first, *(listener for listener in then if listener not in first))

@@ -2,13 +2,13 @@
 
 Each mutation is a one-line edit of the ledger's code (private: there is no public
 way to break the ledger on purpose), made in memory. It names a module of the
-ledger (``_figures``, ``_channels``, ``_sums``, ``_windows``, ``_ledger``) and a
+ledger (``_tally``, ``_channels``, ``_sums``, ``_windows``, ``_ledger``) and a
 small, distinctive snippet of it; the harness finds the one function or method of
 that module whose source holds the snippet, edits it there, recompiles the
 function in the module's namespace and swaps its code object in for the duration
 of one model run, then puts the original back. Swapping the code object (rather
 than rebinding a name) reaches every caller, also those that imported the
-function by name (``_ledger`` calls ``_figures.task_figures``, ``_channels``
+function by name (``_ledger`` calls ``_tally.task_figures``, ``_channels``
 calls ``_sums.credit_to``). So a refactor that moves a line to another function
 of the same module keeps its mutation working; a snippet that is no longer in
 the module exactly once fails loudly (``LookupError``: update tests/mutations.py),
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Mutation:
     name: str
-    module: str  # a module of gputime: "_figures", "_channels", ...
+    module: str  # a module of gputime: "_tally", "_channels", ...
     old: str  # a snippet found exactly once in that module's functions
     new: str
     what: str
@@ -66,28 +66,28 @@ MUTATIONS = (
     ),
     Mutation(
         "tail-from-start",
-        "_figures",
+        "_tally",
         "lo = start if start > horizon else horizon",
         "lo = start",
         "the tail covers the whole window again (double counting)",
     ),
     Mutation(
         "tail-after-failed-read",
-        "_figures",
+        "_tally",
         "value = None if failed else channel.tail_value()",
         "value = channel.tail_value()",
         "a failed exit read still guesses the tail",
     ),
     Mutation(
         "tail-guessed-while-failing",
-        "_figures",
+        "_tally",
         "failed = channel.failing or (",
         "failed = False or (",
         "an exit that skips its read takes a tail although the device's newest read failed",
     ),
     Mutation(
         "split-tail-no-share",
-        "_figures",
+        "_tally",
         "weight = service.weight(lo, end) if split else length",
         "weight = length",
         "the tail ignores the split share",
@@ -185,7 +185,7 @@ MUTATIONS = (
     ),
     Mutation(
         "service-status-forgets-failure",
-        "_figures",
+        "_tally",
         "total.finish(profile, bool(failed_on))",
         "total.finish(profile, False)",
         "a service is ok although a reading it needed failed",
