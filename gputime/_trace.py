@@ -174,24 +174,20 @@ def _services_in_order(tasks: Sequence[TaskWindow]) -> list[str]:
 
 
 def _process(pid: int, name: str, *, sort_index: int) -> list[dict[str, Any]]:
-    return [
-        {"ph": "M", "name": "process_name", "pid": pid, "tid": pid, "args": {"name": name}},
-        {
-            "ph": "M",
-            "name": "process_sort_index",
-            "pid": pid,
-            "tid": pid,
-            "args": {"sort_index": sort_index},
-        },
-    ]
+    return _named("process", pid, pid, name, sort_index)
 
 
 def _thread(pid: int, tid: int, name: str, sort_index: int) -> list[dict[str, Any]]:
+    return _named("thread", pid, tid, name, sort_index)
+
+
+def _named(kind: str, pid: int, tid: int, name: str, sort_index: int) -> list[dict[str, Any]]:
+    """A track's name and place: metadata events ``{kind}_name`` and ``{kind}_sort_index``."""
     return [
-        {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}},
+        {"ph": "M", "name": f"{kind}_name", "pid": pid, "tid": tid, "args": {"name": name}},
         {
             "ph": "M",
-            "name": "thread_sort_index",
+            "name": f"{kind}_sort_index",
             "pid": pid,
             "tid": tid,
             "args": {"sort_index": sort_index},
