@@ -268,6 +268,33 @@ class Ledger:
         finally:
             lock.release()
 
+    def end_unmeasured(self, record: TaskRecord, end: float) -> bool:
+        """:meth:`end` for a ledger that reads no device; False where it had ended already.
+
+        Written out, not :meth:`end`: with no device (backend ``"none"``, the
+        default tracker without a GPU) this is the whole of a task's end, and
+        one Python call is about 1.5 % of it.
+        """
+        lock = self._lock
+        if not lock.acquire(False):  # positional: cheaper than blocking=False
+            _acquire_contended(lock)
+        try:
+            if self.recorded:
+                self._apply_recorded()
+            if record.end_time is not None:
+                return False  # ended before: the first end counted
+            if record._generation != self.generation:
+                return self._end_locked(record, end, None)  # begun before a fork
+            service = record._svc
+            service.task_count += 1
+            service.active -= 1
+            self._active_tasks -= 1
+            record.end_time = end if end > record.start_time else record.start_time
+            record._final = UNAVAILABLE
+            return True
+        finally:
+            lock.release()
+
     def _end_locked(
         self, record: TaskRecord, end: float, reads: Sequence[ReadOutcome] | None
     ) -> bool:

@@ -124,15 +124,15 @@ class TaskPath:
             self._faults.report("clock", fault)
             end = -math.inf  # the ledger moves it up to its newest known instant
         try:
-            if (
-                not self._device_count
-                or (end < ledger.channels.fresh_until and not self._closed)
-                or handle._generation != ledger.generation  # begun before a fork
-            ):
+            if not self._device_count:
+                ended = ledger.end_unmeasured(handle, end)
+            elif (
+                end < ledger.channels.fresh_until and not self._closed
+            ) or handle._generation != ledger.generation:  # begun before a fork
                 ended = ledger.end(handle, end, None)  # nothing new can have been sampled
             else:
                 reader = self._reader
-                reads = reader.read_all(ledger.read_plan())
+                reads = reader.read_all(ledger.channels.read_plan())
                 # The last task's end sets the settle deadline; the sampler,
                 # awake while tasks ran, finds it at its next tick (no wake).
                 ended = ledger.end(handle, end, reads, reader.timing())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
@@ -241,3 +242,60 @@ class TestLifecycle:
             tracker.close()
             tracker.poll()
         assert gpu.reads == 0
+
+
+class TestNoDevice:
+    """A tracker that reads no device ends tasks on a path of its own (Ledger.end_unmeasured)."""
+
+    @pytest.fixture
+    def none_tracker(self, clock: FakeClock) -> Tracker:
+        return Tracker(backend="none", clock=clock)
+
+    def test_ending_twice_counts_once(self, none_tracker: Tracker, clock: FakeClock):
+        task = none_tracker.start_task("nmt")
+        clock.advance(0.5)
+        task.end()
+        clock.advance(0.5)
+        task.end()
+        assert none_tracker.stats("nmt").task_count == 1
+        assert task.duration == pytest.approx(0.5)
+        assert task.status == "unavailable"
+
+    def test_a_task_begun_before_a_fork_is_not_the_childs(
+        self, none_tracker: Tracker, clock: FakeClock
+    ):
+        inherited = none_tracker.start_task("nmt")
+        none_tracker._after_fork_in_child()  # what the fork hook runs in the child
+        inherited.end()
+        assert not inherited.running
+        assert none_tracker.stats() == {}
+
+    def test_a_recorded_end_is_applied_before_the_next_end(
+        self, none_tracker: Tracker, clock: FakeClock
+    ):
+        collected = none_tracker.start_task("a")
+        later = none_tracker.start_task("b")
+        clock.advance(1)
+        none_tracker._defer_end(collected, None)  # what an end inside a collection does
+        clock.advance(1)
+        later.end()
+        assert collected.end_time == pytest.approx(1.0)
+        assert later.end_time == pytest.approx(2.0)
+        assert none_tracker.stats("a").task_count == none_tracker.stats("b").task_count == 1
+
+    def test_an_end_that_finds_the_lock_held_waits_for_it(self, none_tracker: Tracker):
+        task = none_tracker.start_task("nmt")
+        held, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with none_tracker._ledger._lock:
+                held.set()
+                done.wait(0.2)  # released by the timeout: the end is already waiting
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(5)
+        task.end()  # yields the GIL, then blocks until the holder lets go
+        holder.join(5)
+        assert not task.running
+        assert none_tracker.stats("nmt").task_count == 1
