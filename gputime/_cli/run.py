@@ -70,8 +70,8 @@ sent it there (Ctrl-C reaches both when they share the terminal's process group)
 """
 
 
-#: Files ``gputime run`` can write. ``--plot`` is an extension: SPEC section 6
-#: lists it for ``demo`` only (docs/cli.md).
+#: Files ``gputime run`` can write. ``--plot`` is an extension beyond the
+#: fixed command-line interface, which has it for ``demo`` only (docs/cli.md).
 OUTPUTS: tuple[Output[RunResult], ...] = (
     Output("--json", "write the figures as JSON to PATH", write_json),
     trace_output(),
