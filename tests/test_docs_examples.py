@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
 TIMEOUT_S = 60
 
-#: Modules an example may need that an environment may lack (the floor job has
-#: no exporters); every example's needs are in the test extra. An example is
-#: skipped only where the module it misses is absent here too.
-OPTIONAL = ("starlette", "uvicorn", "opentelemetry.sdk")
+#: Modules an example may need that an environment may lack: the floor job has
+#: no exporters, and no FastAPI (the e2e extra's: its releases require an
+#: opentelemetry-api far above the floor). Every other need is in the test extra.
+#: An example is skipped only where the module it misses is absent here too.
+OPTIONAL = ("starlette", "uvicorn", "opentelemetry.sdk", "fastapi")
 
 
 def missing_optional(stderr: str) -> str | None:
@@ -92,6 +93,35 @@ def check_starlette_app(out: str) -> None:
     assert re.search(r"^nmt .* ok$", out, re.M), out
 
 
+def check_fastapi_app(out: str) -> None:
+    assert out.count('"model":"nllb-600m","gpu_ms":') == 2, out  # the dependency's value
+    assert out.count('"status":"ok"') == 2, out  # the two /translate responses
+    # The decorated sync path operation: FastAPI saw its query parameter and its
+    # dependency through the decorator (a lost signature answers 422).
+    assert 'caption: {"image":"cat.jpg","model":"blip-base","caption":"a cat on a GPU"}' in out
+    assert "speak: [\"<audio for 'one'>\", \"<audio for 'two'>\", \"<audio for 'three'>\"]" in out
+    hung_up = re.search(r"^speak, hung up: (\[.*\])$", out, re.M)
+    assert hung_up, out
+    assert hung_up[1].startswith("[\"<audio for 'w0'>\""), out  # what came before it hung up
+    assert "w19" not in hung_up[1], out
+    ended = re.findall(r"^  tts task ended: (\d+) ms long, (\w+)$", out, re.M)
+    assert [status for _, status in ended] == ["ok", "ok"], out  # a hang-up is no error
+    assert int(ended[0][0]) >= 3 * 50 * 0.9  # three words of 50 ms
+    # The hang-up ended the task long before the 20 words of the whole reply.
+    assert 50 * 0.9 <= int(ended[1][0]) < 20 * 50 * 0.75
+    assert "tts tasks ended: 2" in out  # each stream's task ended once
+    tasks, gpu_ms = figures(out, "nmt")
+    assert tasks == 2
+    assert gpu_ms >= 2 * 200 * 0.9  # two requests with 200 ms of model time each
+    tasks, gpu_ms = figures(out, "caption")
+    assert tasks == 1
+    assert gpu_ms >= 100 * 0.9
+    tasks, gpu_ms = figures(out, "tts")
+    assert tasks == 2  # the whole stream and the one hung up
+    assert gpu_ms >= (3 + 1) * 50 * 0.9
+    assert re.search(r"^tts .* ok$", out, re.M), out
+
+
 def check_worker_processes(out: str) -> None:
     rows = re.findall(r"^w(\d) +(\d+) +(\d+) +([\d.]+) +([\d.]+)$", out, re.M)
     assert [(w, int(t)) for w, _, t, _, _ in rows] == [("0", 2), ("1", 3), ("2", 4)], out
@@ -148,6 +178,7 @@ def check_pytorch_style(out: str) -> None:
 
 CHECKS: dict[str, Callable[[str], None]] = {
     "starlette_app.py": check_starlette_app,
+    "fastapi_app.py": check_fastapi_app,
     "worker_processes.py": check_worker_processes,
     "asyncio_and_threads.py": check_asyncio_and_threads,
     "token_streaming.py": check_token_streaming,

@@ -1,7 +1,7 @@
 """A Starlette web service whose endpoints are measured by gputime.
 
 FastAPI is built on Starlette: the same decorators and ``async with`` blocks work on
-FastAPI path operations (docs/recipes/starlette.md).
+FastAPI path operations (docs/examples/fastapi_app.py is this service in FastAPI).
 
 - ``GET /translate?text=...``: an async handler measuring its model call with
   ``async with gpu_task("nmt")``; the response carries this request's GPU figures.
