@@ -29,7 +29,7 @@ TIMEOUT_S = 60
 #: no exporters, and no FastAPI (the e2e extra's: its releases require an
 #: opentelemetry-api far above the floor). Every other need is in the test extra.
 #: An example is skipped only where the module it misses is absent here too.
-OPTIONAL = ("starlette", "uvicorn", "opentelemetry.sdk", "fastapi")
+OPTIONAL = ("starlette", "uvicorn", "opentelemetry.sdk", "fastapi", "gunicorn")
 
 
 def missing_optional(stderr: str) -> str | None:
@@ -122,6 +122,31 @@ def check_fastapi_app(out: str) -> None:
     assert re.search(r"^tts .* ok$", out, re.M), out
 
 
+def check_gunicorn_app(out: str) -> None:
+    rows = {
+        int(pid): (int(tasks), float(gpu_ms))
+        for pid, tasks, gpu_ms in re.findall(
+            r"^worker (\d+): nmt tasks (\d+) +GPU +([\d.]+) ms$", out, re.M
+        )
+    }
+    assert len(rows) >= 2, out  # two worker processes served requests
+    served = re.findall(r"^translate: worker (\d+), its nmt tasks so far (\d+)$", out, re.M)
+    sent = re.search(r"^requests sent: (\d+)$", out, re.M)
+    assert sent, out
+    assert len(served) == int(sent[1]) >= 8
+    # Each worker counts its own tasks, from 1: its last answer is its /stats count.
+    assert {int(pid) for pid, _ in served} == set(rows)
+    for pid, (tasks, gpu_ms) in rows.items():
+        counts = [int(n) for p, n in served if int(p) == pid]
+        assert sorted(counts) == list(range(1, tasks + 1)), (pid, counts)
+        assert gpu_ms >= tasks * 100 * 0.9  # 100 ms of model time per request
+    # The server's figure is the sum of the workers'.
+    tasks, gpu_ms = figures(out, "nmt")
+    assert tasks == sum(t for t, _ in rows.values()) == int(sent[1])
+    assert gpu_ms == pytest.approx(sum(g for _, g in rows.values()), abs=0.2)
+    assert f"(the sum over {len(rows)} workers)" in out
+
+
 def check_worker_processes(out: str) -> None:
     rows = re.findall(r"^w(\d) +(\d+) +(\d+) +([\d.]+) +([\d.]+)$", out, re.M)
     assert [(w, int(t)) for w, _, t, _, _ in rows] == [("0", 2), ("1", 3), ("2", 4)], out
@@ -179,6 +204,7 @@ def check_pytorch_style(out: str) -> None:
 CHECKS: dict[str, Callable[[str], None]] = {
     "starlette_app.py": check_starlette_app,
     "fastapi_app.py": check_fastapi_app,
+    "gunicorn_app.py": check_gunicorn_app,
     "worker_processes.py": check_worker_processes,
     "asyncio_and_threads.py": check_asyncio_and_threads,
     "token_streaming.py": check_token_streaming,

@@ -88,4 +88,4 @@ def test_fastapi_is_left_out_of_the_floor_job():
     optional = _project()["optional-dependencies"]
     assert "fastapi" not in _names(optional["test"])
     assert "fastapi" in _names(optional["e2e"])
-    assert {"starlette", "uvicorn"} <= _names(optional["test"])
+    assert {"gunicorn", "starlette", "uvicorn"} <= _names(optional["test"])
