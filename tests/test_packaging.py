@@ -81,8 +81,9 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def test_fastapi_is_left_out_of_the_floor_job():
-    # FastAPI's releases require opentelemetry-api>=1.44, which cannot install
-    # beside the floor (1.20): the floor job installs the test extra, the other
+    # FastAPI's releases from 0.142 (the extra's floor) require
+    # opentelemetry-api>=1.44, which cannot install beside the API's floor
+    # (1.20): the floor job installs the test extra, the other
     # jobs the e2e extra too (.ci/run), and docs/examples/fastapi_app.py is
     # skipped only where FastAPI is absent (tests/test_docs_examples.py).
     optional = _project()["optional-dependencies"]
