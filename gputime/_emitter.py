@@ -24,7 +24,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode
 
-from gputime import _providers
+from gputime import _exit, _providers
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram
@@ -129,6 +129,9 @@ class Emitter:
                 self._tracer_pending = True
                 return None
             self._use_tracer(provider)
+            # The SDK set up after the tracker registered its shutdown at exit
+            # since: tasks still open at exit must end before it.
+            _exit.move_last()
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._faults.report("otel.tracer", exc)
         return self._tracer
@@ -146,6 +149,7 @@ class Emitter:
             duration = member.metric_set.duration
             self.histogram = duration.use_real_meter(provider)
             duration.check_buckets_advised()
+            _exit.move_last()  # as for the tracer provider
         except Exception as exc:  # noqa: BLE001 - never into user code
             self._faults.report("otel.meter", exc)
 

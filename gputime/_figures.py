@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from gputime._types import Attribution, Status
-
-if TYPE_CHECKING:
-    pass
 
 #: Where each quantity sits in a channel's sums: busy seconds (attribution
 #: weighted, above the threshold), value x weight (percent-seconds, or

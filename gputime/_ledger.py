@@ -269,7 +269,8 @@ class Ledger:
             lock.release()
 
     def end_unmeasured(self, record: TaskRecord, end: float) -> bool:
-        """:meth:`end` for a ledger that reads no device; False where it had ended already.
+        """:meth:`end` for a ledger that reads no device (only there: it opens and
+        closes no window); False where it had ended already.
 
         Written out, not :meth:`end`: with no device (backend ``"none"``, the
         default tracker without a GPU) this is the whole of a task's end, and

@@ -14,6 +14,7 @@ point 4). The fix ends such tasks from an ``atexit`` hook, before teardown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import subprocess
 import sys
@@ -364,3 +365,138 @@ class TestTheExitHookInProcess:
         _exit.end_open_tasks()
         assert ends == [("second", False, None)]
         assert first.running
+
+    def test_a_half_built_task_handle_does_not_stop_the_others_ending(self, tracker, ends):
+        """A handle another thread is still building (its slots unset) is passed over."""
+        from gputime import _exit
+        from gputime._handle import TaskHandle
+
+        half_built = TaskHandle.__new__(TaskHandle)
+        tracker.gpu_task("open").__enter__()
+        _exit.end_open_tasks()
+        assert ends == [("open", False, None)]
+        del half_built
+
+    def test_an_interrupt_in_a_clean_up_is_raised_once_every_task_ended(self, tracker, ends):
+        from gputime import _exit
+
+        @tracker.gpu_task("gen")
+        def stream():
+            try:
+                yield 1
+            finally:
+                raise KeyboardInterrupt
+
+        suspended = stream()
+        next(suspended)
+        tracker.gpu_task("other").__enter__()
+        with pytest.raises(KeyboardInterrupt):
+            _exit.end_open_tasks()
+        assert sorted(service for service, _, _ in ends) == ["gen", "other"]
+
+    def test_tasks_made_before_gc_freeze_end_too(self, tracker, ends):
+        from gputime import _exit
+
+        tracker.gpu_task("before").__enter__()
+        gc.freeze()  # a prefork server's trick: gc.get_objects() leaves these out
+        try:
+            tracker.gpu_task("after").__enter__()
+            _exit.end_open_tasks()
+        finally:
+            gc.unfreeze()
+        assert sorted(service for service, _, _ in ends) == ["after", "before"]
+
+
+def run_script(body: str) -> list[str]:
+    """PRELUDE and ``body`` in a fresh interpreter; the lines printed after it ended."""
+    script = PRELUDE + textwrap.dedent(body) + '\nprint("exiting")\n'
+    result = subprocess.run(
+        [sys.executable, "-c", script, "free", "fake"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout.split("exiting\n", 1)[1].splitlines()
+
+
+def test_a_generator_a_daemon_thread_iterates_is_not_closed_under_it():
+    """Its task ends where it stands; the thread's loop is not ended for it."""
+    after_exit = run_script(
+        """
+        @tracker.gpu_task("svc")
+        def stream():
+            try:
+                for i in range(1000):
+                    yield i
+            finally:
+                print(f"generator finally on {threading.current_thread().name}", flush=True)
+
+        def consume():
+            for _ in stream():
+                time.sleep(0.01)
+            print("the consumer saw its stream end", flush=True)
+
+        threading.Thread(target=consume, daemon=True).start()
+        time.sleep(0.1)
+        """
+    )
+    assert "generator finally on MainThread" not in after_exit
+    assert "the consumer saw its stream end" not in after_exit
+    assert [line for line in after_exit if line.startswith("end svc")] == [
+        "end svc running=False status=ok error=None"
+    ]
+
+
+def test_a_tracker_made_by_an_exit_handler_keeps_the_hook():
+    """An exit handler that runs first and makes a tracker does not unregister the hook."""
+    after_exit = run_script(
+        """
+        tracker.start_task("svc")
+        def late():
+            Tracker(backend=SimulatedGpu(clock=FakeClock()))  # the hook re-registers here
+            print("exit handler made a tracker", flush=True)
+        atexit.register(late)
+        """
+    )
+    assert after_exit[0] == "exit handler made a tracker"
+    assert "end svc running=False status=ok error=None" in after_exit
+
+
+def test_an_sdk_set_up_after_the_tracker_still_gets_the_span_at_exit():
+    """The hook moves ahead of the SDK's shutdown when the tracker takes up the SDK."""
+    script = textwrap.dedent(
+        """
+        from gputime import Tracker
+        from gputime.testing import FakeClock, SimulatedGpu
+        tracker = Tracker(backend=SimulatedGpu(clock=FakeClock()), threaded=False)
+
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        class Printer(SpanExporter):
+            def export(self, spans):
+                for span in spans:
+                    print(f"exported {span.name}", flush=True)
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()  # registers its shutdown at exit, after the tracker
+        provider.add_span_processor(BatchSpanProcessor(Printer()))
+        trace.set_tracer_provider(provider)
+        tracker.start_task("svc")  # takes up the SDK: a span, open at exit
+        print("exiting", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("exiting\n", 1)[1].splitlines() == ["exported gpu_task svc"]
