@@ -33,7 +33,6 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.util._once import Once
 from opentelemetry.version import __version__ as api_version
 
 from gputime import Tracker, _faults, _histogram, _metrics, _providers
@@ -66,20 +65,6 @@ def sdk() -> Iterator[Sdk]:
     setup = Sdk()
     yield setup
     setup.close()
-
-
-@pytest.fixture
-def fresh_globals(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset global tracer and meter providers, restored after the test."""
-    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", None)
-    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER_SET_ONCE", Once())
-    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", None)
-    monkeypatch.setattr(metrics_internal, "_METER_PROVIDER_SET_ONCE", Once())
-    monkeypatch.setattr(
-        metrics_internal, "_PROXY_METER_PROVIDER", metrics_internal._ProxyMeterProvider()
-    )
-    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
-    monkeypatch.delenv("OTEL_PYTHON_METER_PROVIDER", raising=False)
 
 
 @dataclass
