@@ -11,19 +11,18 @@ room for a slow machine (the figures only grow when a sleep overshoots).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import run_python
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
-TIMEOUT_S = 60
 
 #: Modules an example may need that an environment may lack: the floor job has
 #: no exporters, and no FastAPI (the e2e extra's: its releases require an
@@ -51,28 +50,13 @@ def missing_optional(stderr: str) -> str | None:
     return None
 
 
-def run(path: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GPUTIME_"))}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [sys.executable, str(path)],
-        cwd=workdir,  # not the repository: the example imports gputime as installed
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def outputs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
     base = tmp_path_factory.mktemp("examples")
     with ThreadPoolExecutor(max_workers=len(EXAMPLES) or 1) as pool:
-        yield {path.name: pool.submit(run, path, base / path.stem) for path in EXAMPLES}
+        yield {path.name: pool.submit(run_python, path, base / path.stem) for path in EXAMPLES}
 
 
 def figures(out: str, service: str) -> tuple[int, float]:

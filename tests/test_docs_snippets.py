@@ -22,13 +22,14 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +49,6 @@ OPTIONAL = (
     "celery",
     "matplotlib",
 )
-
-#: Seconds one block may take.
-TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -138,27 +136,17 @@ def closed_port() -> int:
 
 
 def run(block: Block, workdir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GPUTIME_"))}
-    env.update(
-        # Exporters in the recipes send to nothing, quickly.
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-        OTEL_EXPORTER_OTLP_TIMEOUT="1",
-        # The Prometheus recipe binds this port; 0 is a free one.
-        METRICS_PORT="0",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "block.py"
     script.write_text(block.code, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, str(script)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    env = {
+        # Exporters in the recipes send to nothing, quickly.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        # The Prometheus recipe binds this port; 0 is a free one.
+        "METRICS_PORT": "0",
+    }
+    return run_python(script, workdir, env)
 
 
 @pytest.fixture(scope="module")
