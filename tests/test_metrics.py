@@ -98,7 +98,7 @@ class TestMetrics:
         assert (ok.count, ok.sum) == (1, pytest.approx(0.25))
         assert (failed.count, failed.sum) == (1, pytest.approx(2.0))
         # Its buckets, and what happens where the API cannot advise them:
-        # tests/test_otel_compat.py.
+        # tests/test_providers.py.
 
     def test_services_are_separate_series(self, traced: Tracker, sdk: Sdk, clock, busy):
         with traced.gpu_task("nmt"):
