@@ -55,6 +55,7 @@ class Channel:
         "quiet_until",
         "since",
         "slot",
+        "tail",
     )
 
     def __init__(self, device: int, slot: int, is_power: bool) -> None:
@@ -84,6 +85,10 @@ class Channel:
         #: The newest idle claim (``Reading.idle_until``): the device was idle
         #: from the newest sample up to here, though no sample says so.
         self.idle_until = -math.inf
+        #: What a task's tail takes where its exit made no read: the tail rule
+        #: (:meth:`tail_value`), or ``None`` where the newest read failed.
+        #: Kept current by each ingest, so that a task exit reads one attribute.
+        self.tail: float | None = None
 
     def tail_value(self) -> float | None:
         """What the stretch after the newest reading takes (the tail rule).
@@ -166,8 +171,7 @@ class Channels:
             for device, util in enumerate(self.util)
         )
         self.slots = len(self.all)
-        self.period = period
-        self.jitter = jitter
+        self.set_timing(period, jitter)
         self._threshold = threshold
         self._clock = clock
         #: Until then a task exit need not read the driver (lock-free read).
@@ -183,6 +187,14 @@ class Channels:
         #: Where credited readings are also sent; ``None`` (the default) costs
         #: one local check per ingested sample and nothing on the task path.
         self.on_sample: SampleSink | None = None
+
+    def set_timing(self, period: float, jitter: float | None) -> None:
+        """The driver's sample period and jitter, as the backend knows them now."""
+        self.period = period
+        self.jitter = jitter
+        #: From the last task's end to the read that covers it: the sample
+        #: covering the end is out one period later, plus the jitter.
+        self.settle_delay = period + (jitter if jitter and jitter > 0 else 0.0)
 
     # -- reading plan ----------------------------------------------------------------
 
@@ -297,6 +309,8 @@ class Channels:
                     self._ingest(util, ((idle_until, 0.0),), tracking, claim=True)
             if self.power and outcome.power:
                 self._ingest(self.power[device], outcome.power, tracking)
+        for util in self.util:
+            util.tail = None if util.failing else util.tail_value()
         self._update_horizons()
         self._update_fresh_until()
 

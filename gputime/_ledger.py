@@ -46,6 +46,9 @@ _YIELDS_BEFORE_BLOCKING = 100
 # ended: the longest driver sample period (1 s), its jitter and a few ticks.
 _SETTLE_GIVE_UP = 3.0
 
+# The figure of a task whose tail alone took an idle value (see _end_locked).
+_IDLE_TAIL: FiguresTuple = (0.0, 0.0, None, "ok", 1.0)
+
 #: What :meth:`Ledger.begin` returns for the only running task, and for one that
 #: also starts the channels afresh after an idle spell (see there).
 FIRST, WOKE = 1, 2
@@ -147,6 +150,18 @@ class Ledger:
             self._clock,
         )
         self._channel_list = self.channels.all
+        profile = self.profile
+        # The one channel where one device's utilisation is all that is read,
+        # attributed per device: there, most task ends need no figure but the
+        # tail (see _end_locked). None elsewhere.
+        self._sole = (
+            self.channels.util[0]
+            if self._channel_list == tuple(self.channels.util[:1])
+            and profile.measures
+            and not profile.split
+            and not profile.per_device
+            else None
+        )
         self.services = services = Services(self.channels.slots)
         # Its containers under short names: the task path reads them on every task.
         self._services, self._tracking = services.by_name, services.tracking
@@ -189,9 +204,10 @@ class Ledger:
         The hot path: one lock acquisition, no allocation but a new service's.
 
         Returns:
-            0 if other tasks run; :data:`FIRST` if this is the only one;
-            :data:`WOKE` if, besides, every earlier window was settled, so the
-            channels start afresh from now (the first task after an idle spell).
+            0 if other tasks run, or if no device is read (nothing to wake);
+            :data:`FIRST` if this is the only one; :data:`WOKE` if, besides,
+            every earlier window was settled, so the channels start afresh
+            from now (the first task after an idle spell).
         """
         lock = self._lock
         if not lock.acquire(False):  # positional: cheaper than blocking=False
@@ -210,30 +226,40 @@ class Ledger:
             record.start_time = now
             record.concurrency = service.active
             record._generation = self.generation
-            record._fail_epoch = self.channels.failures
+            if not self._device_count:
+                return 0  # no sampler to wake, no baseline to refresh
+            channels = self.channels
+            record._fail_epoch = channels.failures
             woke = False
-            if self._device_count:
-                channels = self.channels
-                if first_overall:
-                    self._settle_deadline = None
-                    # covered_up_to() written out: this runs as every task after idle begins.
-                    if channels.min_horizon >= self._last_close - EPS:
-                        channels.wake(now)
-                        woke = True
-                if service.active == 1:
-                    # Its window opens (written out: every sequential task opens one).
-                    active = self._active_services
-                    active.append(service)
-                    self._tracking.add(service)
-                    if self._split:
-                        split_rates(active, len(active), now)
+            if first_overall:
+                self._settle_deadline = None
+                # covered_up_to() written out: this runs as every task after idle begins.
+                if channels.min_horizon >= self._last_close - EPS:
+                    channels.wake(now)
+                    woke = True
+            if service.active == 1:
+                # Its window opens (written out: every sequential task opens one).
+                active = self._active_services
+                active.append(service)
+                self._tracking.add(service)
+                if self._split:
+                    split_rates(active, len(active), now)
+                else:
+                    # service.set_rate(now, 1.0) written out for a shut window
+                    # (rate 0): its totals carry over to the new breakpoint.
+                    bp_t = service.bp_t
+                    if bp_t and bp_t[-1] < now:
+                        bps = service.bps
+                        a, w, _ = bps[-1]
+                        bp_t.append(now)
+                        bps.append((a, w, 1.0))
                     else:
-                        service.set_rate(now, 1.0)
-                for channel in self._channel_list:
-                    if now >= channel.horizon:
-                        channel.pending.append((now, record))
-                    else:
-                        record.fill_now(channel.slot, channels.slots)  # see Channel.place
+                        service.set_rate(now, 1.0)  # the first window, or a same-instant one
+            for channel in self._channel_list:
+                if now >= channel.horizon:
+                    channel.pending.append((now, record))
+                else:
+                    record.fill_now(channel.slot, channels.slots)  # see Channel.place
             return first_overall + woke  # FIRST, WOKE or 0, without a branch
         finally:
             lock.release()
@@ -263,7 +289,7 @@ class Ledger:
             if self.recorded:
                 self._apply_recorded()
             if timing is not None:
-                self.channels.period, self.channels.jitter = timing
+                self.channels.set_timing(*timing)
             return self._end_locked(record, end, reads)
         finally:
             lock.release()
@@ -335,7 +361,17 @@ class Ledger:
             # Its window closes (written out: every sequential task closes one).
             active = self._active_services
             active.remove(service)
-            service.set_rate(end, 0.0)
+            # service.set_rate(end, 0.0) written out: the totals advance to the end.
+            bp_t = service.bp_t
+            last_t = bp_t[-1]  # the window's own breakpoints are there
+            if last_t < end:
+                bps = service.bps
+                a, w, rate = bps[-1]
+                dt = end - last_t
+                bp_t.append(end)
+                bps.append((a + dt, w + rate * dt, 0.0))
+            else:
+                service.set_rate(end, 0.0)  # at the instant it opened
             service.last_close = end
             if self._split:
                 split_rates(active, len(active), end)
@@ -348,7 +384,26 @@ class Ledger:
             channels.ingest(reads, self._tracking)
             end_mark._done = True
         profile = self.profile
-        record._final = task_figures(record, end, end_mark, reads, channels, profile)
+        sole = self._sole
+        if (
+            sole is not None
+            and reads is None
+            and record._values is None
+            and record._fail_epoch == channels.failures
+            and (value := sole.tail) is not None
+        ):
+            # task_figures() cut to the most common end: one device read, no
+            # exit read, no sample since the task began, none failed. Its
+            # figure is then its tail alone (a read device, fully covered),
+            # from its start: its start mark still waits for a sample, so the
+            # newest reading is no later than its start.
+            length = end - record.start_time
+            if value > profile.threshold:
+                record._final = (1000.0 * length, 10.0 * value * length, None, "ok", 1.0)
+            else:
+                record._final = _IDLE_TAIL
+        else:
+            record._final = task_figures(record, end, end_mark, reads, channels, profile)
         if profile.per_device:
             record._final_devices = per_device_figures(
                 record, end, end_mark, reads, channels, profile
@@ -359,10 +414,7 @@ class Ledger:
             # The sample covering the end is out one period later, plus the
             # driver's jitter; an idle claim covering it can come later still
             # (see settle_done).
-            jitter = channels.jitter
-            self._settle_deadline = (
-                end + channels.period + (jitter if jitter and jitter > 0 else 0.0)
-            )
+            self._settle_deadline = end + channels.settle_delay
         for channel in self._channel_list:
             # Its start mark is frozen into its figures: drop it now, newest
             # first (it is the last or nearly so). Left there, it would tie the
@@ -426,7 +478,7 @@ class Ledger:
                 self._apply_recorded()
             channels = self.channels
             if timing is not None:
-                channels.period, channels.jitter = timing
+                channels.set_timing(*timing)
             channels.ingest(reads, self._tracking)
             self._ends_since_forget = 0
             self.services.forget(channels)

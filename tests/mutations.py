@@ -109,9 +109,30 @@ MUTATIONS = (
     Mutation(
         "window-never-closes",
         "_ledger",
-        "service.set_rate(end, 0.0)",
-        "service.set_rate(end, 1.0 if not self._split else 0.0)",
+        "bps.append((a + dt, w + rate * dt, 0.0))",
+        "bps.append((a + dt, w + rate * dt, rate))",
         "a service window stays open after its last task ended",
+    ),
+    Mutation(
+        "window-loses-its-last-stretch",
+        "_ledger",
+        "bps.append((a + dt, w + rate * dt, 0.0))",
+        "bps.append((a, w, 0.0))",
+        "a closing window forgets the time since its last change",
+    ),
+    Mutation(
+        "window-opens-with-stale-totals",
+        "_ledger",
+        "bps.append((a, w, 1.0))",
+        "bps.append((0.0, 0.0, 1.0))",
+        "a window opens with its totals back at zero",
+    ),
+    Mutation(
+        "tail-only-threshold-inclusive",
+        "_ledger",
+        "if value > profile.threshold:",
+        "if value >= profile.threshold:",
+        "the tail-only end counts a tail at the threshold as busy",
     ),
     Mutation(
         "reset-takes-whole-sample",

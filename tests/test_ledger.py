@@ -147,6 +147,52 @@ class TestBoundedMemory:
         assert task.gpu_ms == pytest.approx(306_000.0)
 
 
+class TestTailOnlyEnd:
+    """A task end with no exit read and no sample since its start (most ends).
+
+    The ledger figures it from the tail alone (``Ledger._end_locked``); these
+    are the histories where that shortcut must not be taken.
+    """
+
+    @pytest.fixture
+    def warm(self, tracker: Tracker, gpu: SimulatedGpu, clock: FakeClock) -> Tracker:
+        """Busy from 0; at 0.3 the newest sample read is the one at P (next: 2P)."""
+        gpu.set_utilization(100)
+        with tracker.gpu_task("warm"):
+            clock.advance(0.3)
+        assert tracker._ledger.fresh_until > 0.32  # the ends below make no read
+        return tracker
+
+    def test_a_failure_during_the_task_makes_it_partial(self, warm, gpu, clock):
+        task = warm.gpu_task("a").__enter__()
+        gpu.fail_reads(1)
+        warm.poll()  # fails
+        warm.poll()  # succeeds, with no sample newer than the task's start
+        clock.advance(0.02)
+        reads = gpu.reads
+        warm._end_task(task, None)
+        assert gpu.reads == reads  # no exit read
+        assert task.status == "partial"
+        assert task.gpu_ms == pytest.approx(20.0)  # the tail: the device is read again
+
+    def test_a_task_begun_while_reads_fail_takes_no_tail(self, warm, gpu, clock):
+        gpu.fail_reads()
+        warm.poll()
+        clock.advance(0.01)
+        with warm.gpu_task("a") as task:
+            clock.advance(0.01)
+        assert (task.gpu_ms, task.status, task.coverage) == (0.0, "partial", 0.0)
+
+    def test_a_task_after_recovery_takes_the_tail(self, warm, gpu, clock):
+        gpu.fail_reads(1)
+        warm.poll()
+        warm.poll()
+        clock.advance(0.01)
+        with warm.gpu_task("a") as task:
+            clock.advance(0.01)
+        assert (task.gpu_ms, task.status, task.coverage) == (pytest.approx(10.0), "ok", 1.0)
+
+
 class TestSettle:
     def test_settle_done_clears_only_the_deadline_it_was_read_for(self, tracker, clock):
         ledger = tracker._ledger
