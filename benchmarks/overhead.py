@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         label: statistics.median(tput[(label, 8)]) / statistics.median(tput[(label, 1)])
         for label, _ in extras["throughput"]
     }
-    print(f"{HIST}: 8 threads / 1 thread = {scaling[HIST]:.3f} (the interpreter's own cost)")
+    print(f"{HIST}: 8 threads / 1 thread = {scaling[HIST]:.3f} (the baseline's own scaling)")
     for label, _ in extras["throughput"][1:]:
         verdict = "ok" if scaling[label] >= 1.0 else "MISSED"
         print(
