@@ -25,7 +25,7 @@ class TaskHandle(TaskRecord):
     The handle is also the ledger's record of the task: one object per task.
     """
 
-    __slots__ = ("_cm_token", "_otel", "_span_token", "_spec", "_tracker", "error")
+    __slots__ = ("_cm_token", "_otel", "_span_token", "_spec", "_tracker", "error", "service")
 
     _cm_token: object  # set by gpu_task.__enter__ only: one store fewer per call
     _span_token: object  # set by __enter__ only (start_task used with ``with``)
@@ -39,13 +39,10 @@ class TaskHandle(TaskRecord):
         self._tracker = tracker
         self._spec = spec
         self._otel: object = None
+        #: The service this task belongs to (as it was when the task began).
+        self.service: str = spec.service
         #: The exception the task raised (``None`` if it returned or was cancelled).
         self.error: BaseException | None = None
-
-    @property
-    def service(self) -> str:
-        """The service this task belongs to."""
-        return self._spec.service
 
     @property
     def name(self) -> str:

@@ -399,7 +399,7 @@ class Ledger:
             # newest reading is no later than its start.
             length = end - record.start_time
             if value > profile.threshold:
-                record._final = (1000.0 * length, 10.0 * value * length, None, "ok", 1.0)
+                record._final = (1000.0 * length, 10.0 * (value * length), None, "ok", 1.0)
             else:
                 record._final = _IDLE_TAIL
         else:

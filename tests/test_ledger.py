@@ -163,6 +163,28 @@ class TestTailOnlyEnd:
         assert tracker._ledger.fresh_until > 0.32  # the ends below make no read
         return tracker
 
+    @pytest.mark.parametrize("utilization", [0, 30, 77, 100])
+    def test_its_figures_are_the_general_ones_to_the_last_bit(self, utilization):
+        def ends(general: bool) -> list[object]:
+            clock = FakeClock()
+            gpu = SimulatedGpu(clock=clock)
+            with Tracker(backend=gpu, threaded=False) as tracker:
+                if general:
+                    tracker._ledger._sole = None  # every end takes task_figures
+                gpu.set_utilization(utilization)
+                with tracker.gpu_task("warm"):
+                    clock.advance(0.34)
+                reads, figures = gpu.reads, []
+                for gap, length in ((0.06, 0.03), (0.01, 0.0), (0.0, 0.0123), (0.001, 0.001)):
+                    clock.advance(gap)
+                    with tracker.gpu_task("a") as task:
+                        clock.advance(length)
+                    figures.append(task._final)
+                assert gpu.reads == reads  # no exit read: the tail-only end where it may
+            return figures
+
+        assert ends(general=False) == ends(general=True)
+
     def test_a_failure_during_the_task_makes_it_partial(self, warm, gpu, clock):
         task = warm.gpu_task("a").__enter__()
         gpu.fail_reads(1)
